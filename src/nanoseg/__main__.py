@@ -1,0 +1,5 @@
+import sys
+
+from nanoseg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,72 @@
+"""The ``nanoseg`` command line.
+
+Each sub-command is a thin wrapper: it parses arguments and calls one function
+of the module that does the work (imported lazily, so ``nanoseg info`` does not
+pay for importing TensorFlow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from nanoseg import __version__
+from nanoseg.errors import report_errors
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _call(target: str):
+    module, func = target.split(":")
+    return lambda args: getattr(importlib.import_module(module), func)(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nanoseg",
+        description="Segment and measure nanoparticles in SEM micrographs.",
+    )
+    parser.add_argument("--version", action="version", version=f"nanoseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("info", help="print size, pixel size and data-bar row of SEM images")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--pixel-size", help="override the pixel size, e.g. 7.34nm or 0.00734um")
+    p.add_argument("--databar-row", type=int, help="override the data-bar row")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_call("nanoseg.micrograph:info_command"))
+
+    p = sub.add_parser("data", help="bring the raw dataset into data/ under DVC")
+    p.add_argument("--source", help="dataset folder (default: data.source in params.yaml)")
+    p.set_defaults(func=_call("nanoseg.dataset:import_command"))
+
+    for stage in ("prepare", "validate", "cv", "train", "evaluate"):
+        p = sub.add_parser(stage, help=f"run the {stage} pipeline stage alone (dvc repro runs them all)")
+        p.set_defaults(func=_call(f"nanoseg.stages.{stage}:command"))
+
+    p = sub.add_parser("predict", help="segment SEM images and measure every particle")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--model", default="models/final",
+                   help="saved model folder or MLflow model URI (models:/nanoseg@champion, runs:/...)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--pixel-size", help="override the pixel size, e.g. 7.34nm")
+    p.add_argument("--databar-row", type=int, help="override the data-bar row")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation + uncertainty map")
+    p.set_defaults(func=_call("nanoseg.predict:predict_command"))
+
+    return parser
+
+
+@report_errors
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    result = args.func(args)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
