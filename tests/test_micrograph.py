@@ -1,0 +1,322 @@
+"""Tests for nanoseg.micrograph: reading SEM images, pixel size, data bar, masks, `nanoseg info`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from nanoseg.errors import NanosegError
+from nanoseg.micrograph import (
+    Micrograph,
+    PixelSizeWarning,
+    detect_databar,
+    info_command,
+    parse_pixel_size,
+    pixel_size_from_tiff,
+    read_image_array,
+    read_mask,
+    read_micrograph,
+)
+
+BAM = Path(os.environ.get("NANOSEG_BAM_DIR", Path(__file__).resolve().parents[2] / "shared/datasets/bam-tio2"))
+BAM_IMAGE = BAM / "Electron Microscopy Images/SEM/1908248.tif"
+BAM_MASK = BAM / "Electron Microscopy Image Masks/TiO2_Masks_Manual_4connected/1908248_m.tif"
+BAM_CLASS_MASK = BAM / "Electron Microscopy Image Masks/TiO2_Masks_Manual_4connected_2Classes/1908248_cm.tif"
+needs_bam = pytest.mark.skipif(not BAM_IMAGE.is_file(), reason="BAM dataset not available")
+
+
+def _sem_like(height=96, width=128, bar=80, seed=0) -> np.ndarray:
+    """Textured uint8 'sample' with a black data bar (sparse white text) from row `bar`."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(30, 220, (height, width), dtype=np.uint8)
+    image[bar:] = 0
+    image[bar + 3 : bar + 6, 10:30] = 255
+    return image
+
+
+def _read_quiet(path, **kwargs) -> Micrograph:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PixelSizeWarning)
+        return read_micrograph(path, **kwargs)
+
+
+# ----------------------------------------------------------------------------- the real BAM image
+
+
+@needs_bam
+def test_bam_image():
+    m = read_micrograph(BAM_IMAGE)
+    assert m.shape == (768, 1024) and (m.height, m.width) == (768, 1024)
+    assert m.pixels.dtype == np.float32 and 0.0 <= m.pixels.min() and m.pixels.max() <= 1.0
+    assert m.pixel_size_nm == pytest.approx(7.34375)
+    assert m.pixel_size_source == "CZ_SEM tag 34118"
+    assert 704 <= m.databar_row <= 712
+    assert m.crop_rows(32) == 704
+    assert m.sample.shape == (m.databar_row, 1024)
+    assert m.source_dtype == "uint8 palette"
+    w, h = m.field_of_view_um
+    assert w == pytest.approx(7.52) and h == pytest.approx(m.databar_row * 7.34375e-3)
+    # the palette is applied: index 243 is white in the Zeiss palette
+    raw = read_image_array(BAM_IMAGE)
+    assert raw.dtype == np.uint8 and raw.shape == (768, 1024)
+    assert np.allclose(m.pixels[raw == 243], 1.0)
+
+
+@needs_bam
+def test_bam_masks_and_overrides():
+    m = read_micrograph(BAM_IMAGE, pixel_size="7.0nm", databar_row=700)
+    assert (m.pixel_size_nm, m.pixel_size_source, m.databar_row) == (7.0, "override", 700)
+    assert m.crop_rows(32) == 672
+    mask = read_mask(BAM_MASK, shape=m.shape)
+    assert mask.dtype == bool and 0.02 < mask.mean() < 0.5
+    class_mask = read_mask(BAM_CLASS_MASK)
+    assert class_mask.shape == (704, 1024) == (read_micrograph(BAM_IMAGE).crop_rows(32), 1024)
+
+
+@needs_bam
+def test_truncated_tiff(tmp_path):
+    bad = tmp_path / "cut.tif"
+    bad.write_bytes(BAM_IMAGE.read_bytes()[:2000])
+    with pytest.raises(NanosegError, match=r"cut\.tif.*(truncated|damaged)"):
+        read_micrograph(bad)
+    with pytest.raises(NanosegError, match="cut.tif"):
+        read_image_array(bad)
+
+
+# ----------------------------------------------------------------------------- synthetic formats
+
+
+def test_gray_uint8_with_databar(tmp_path):
+    image = _sem_like()
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    with pytest.warns(PixelSizeWarning, match="a.tif.*pixels"):
+        m = read_micrograph(tmp_path / "a.tif")
+    assert m.pixel_size_nm is None and m.pixel_size_source == "none" and m.field_of_view_um is None
+    assert m.databar_row == 80 and m.source_dtype == "uint8"
+    np.testing.assert_allclose(m.pixels, image / 255, atol=1e-6)
+
+
+def test_uint16_and_multipage(tmp_path):
+    image = (_sem_like().astype(np.uint16) * 257)
+    tifffile.imwrite(tmp_path / "b.tif", np.stack([image, 65535 - image]))  # two pages
+    m = _read_quiet(tmp_path / "b.tif")
+    assert m.source_dtype == "uint16" and m.shape == image.shape
+    np.testing.assert_allclose(m.pixels, image / 65535, atol=1e-6)  # first page
+    assert m.databar_row == 80
+
+
+def test_rgb_and_rgba(tmp_path):
+    gray = _sem_like()
+    rgb = np.stack([gray, gray, gray], axis=-1)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    m = _read_quiet(tmp_path / "rgb.tif")
+    assert m.source_dtype == "RGB uint8" and m.shape == gray.shape
+    np.testing.assert_allclose(m.pixels, gray / 255, atol=1e-5)
+    rgba = np.concatenate([rgb, np.full_like(gray, 255)[..., None]], axis=-1)
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    m = _read_quiet(tmp_path / "rgba.png")
+    assert m.source_dtype == "RGBA uint8" and m.shape == gray.shape and m.databar_row == 80
+    red = np.zeros((8, 8, 3), np.uint8)
+    red[..., 0] = 255
+    tifffile.imwrite(tmp_path / "red.tif", red, photometric="rgb")
+    assert _read_quiet(tmp_path / "red.tif").pixels[0, 0] == pytest.approx(0.2125, abs=1e-3)  # luminance
+
+
+def test_float32(tmp_path):
+    unit = np.linspace(0, 1, 64 * 32, dtype=np.float32).reshape(64, 32)
+    tifffile.imwrite(tmp_path / "f.tif", unit)
+    m = _read_quiet(tmp_path / "f.tif")
+    assert m.source_dtype == "float32"
+    np.testing.assert_array_equal(m.pixels, unit)  # already in [0, 1]: kept
+    tifffile.imwrite(tmp_path / "g.tif", unit * 1000 - 50)
+    pixels = _read_quiet(tmp_path / "g.tif").pixels
+    assert pixels.min() == 0.0 and pixels.max() == 1.0  # otherwise min-max scaled
+    tifffile.imwrite(tmp_path / "nan.tif", np.full((8, 8), np.nan, np.float32))
+    with pytest.raises(NanosegError, match="nan.tif.*NaN"):
+        read_micrograph(tmp_path / "nan.tif")
+
+
+def test_palette_tiff_and_png(tmp_path):
+    index = np.tile(np.arange(4, dtype=np.uint8), (16, 4))
+    colormap = np.zeros((3, 256), np.uint16)
+    colormap[:, 1] = 65535  # white
+    colormap[:, 2] = 32896  # mid gray
+    colormap[0, 3] = 65535  # red
+    tifffile.imwrite(tmp_path / "p.tif", index, photometric="palette", colormap=colormap)
+    m = _read_quiet(tmp_path / "p.tif")
+    assert m.source_dtype == "uint8 palette"
+    np.testing.assert_allclose(m.pixels[0, :4], [0.0, 1.0, 32896 / 65535, 0.2125], atol=1e-3)
+    np.testing.assert_array_equal(read_image_array(tmp_path / "p.tif"), index)  # raw indices
+    image = Image.fromarray(index).convert("P")
+    image.putpalette([0, 0, 0, 255, 255, 255, 128, 128, 128, 255, 0, 0] + [0] * (252 * 3))
+    image.save(tmp_path / "p.png")
+    m = _read_quiet(tmp_path / "p.png")
+    assert m.source_dtype == "uint8 palette"
+    np.testing.assert_allclose(m.pixels[0, :4], [0.0, 1.0, 128 / 255, 0.2125], atol=1e-3)
+
+
+def test_png_gray_16bit_and_dpi(tmp_path):
+    image = _sem_like().astype(np.uint16) * 257
+    Image.fromarray(image).save(tmp_path / "g.png")
+    m = _read_quiet(tmp_path / "g.png")
+    assert m.source_dtype == "uint16" and m.pixel_size_nm is None and m.databar_row == 80
+    np.testing.assert_allclose(m.pixels, image / 65535, atol=1e-6)
+    Image.fromarray(_sem_like()).save(tmp_path / "print.png", dpi=(300, 300))  # print resolution
+    assert _read_quiet(tmp_path / "print.png").pixel_size_nm is None
+
+
+# ----------------------------------------------------------------------------- pixel size metadata
+
+
+def test_imagej_calibration(tmp_path):
+    tifffile.imwrite(tmp_path / "ij.tif", _sem_like(), imagej=True,
+                     resolution=(1 / 0.005, 1 / 0.005), metadata={"unit": "micron"})
+    m = read_micrograph(tmp_path / "ij.tif")
+    assert m.pixel_size_nm == pytest.approx(5.0) and m.pixel_size_source == "ImageJ"
+    assert m.field_of_view_um == pytest.approx((128 * 5e-3, 80 * 5e-3))
+
+
+def test_fei_metadata(tmp_path):
+    ini = "[User]\r\nDate=01/31/2024\r\n[Scan]\r\nPixelWidth=2.5e-009\r\nPixelHeight=2.5e-009\r\n"
+    tifffile.imwrite(tmp_path / "fei.tif", _sem_like(), extratags=[(34682, "s", 0, ini, True)])
+    with tifffile.TiffFile(tmp_path / "fei.tif") as tif:
+        assert pixel_size_from_tiff(tif) == (pytest.approx(2.5), "FEI [Scan] PixelWidth")
+    assert read_micrograph(tmp_path / "fei.tif", pixel_size=3).pixel_size_source == "override"
+
+
+def test_tiff_resolution(tmp_path):
+    tifffile.imwrite(tmp_path / "cm.tif", _sem_like(), resolution=(2e6, 2e6), resolutionunit="CENTIMETER")
+    assert _read_quiet(tmp_path / "cm.tif").pixel_size_nm == pytest.approx(5.0)
+    for name, kwargs in {"dpi.tif": dict(resolution=(300, 300), resolutionunit="INCH"),
+                         "none.tif": dict(resolution=(1, 1), resolutionunit="NONE")}.items():
+        tifffile.imwrite(tmp_path / name, _sem_like(), **kwargs)
+        with tifffile.TiffFile(tmp_path / name) as tif:
+            assert pixel_size_from_tiff(tif) == (None, "none"), name
+
+
+@pytest.mark.parametrize(("text", "nm"), [
+    ("7.34nm", 7.34), ("7.34 nm", 7.34), ("7.34", 7.34), (7.34, 7.34), (7, 7.0),
+    ("0.00734um", 7.34), ("0.00734 µm", 7.34), ("0.00734μm", 7.34), ("0.00734 micron", 7.34),
+    ("7.34e-9m", 7.34), ("73.4A", 7.34), ("73.4 Å", 7.34), ("7.34 nm/px", 7.34), (".5nm", 0.5),
+])
+def test_parse_pixel_size(text, nm):
+    assert parse_pixel_size(text) == pytest.approx(nm)
+
+
+@pytest.mark.parametrize("text", ["", "abc", "nm", "7.34 furlongs", "-7nm", "0", "0nm", "nan", "inf nm",
+                                  "7.34 s", "7.3.4nm", float("nan"), True])
+def test_parse_pixel_size_bad(text):
+    with pytest.raises(NanosegError, match="pixel size"):
+        parse_pixel_size(text)
+
+
+# ----------------------------------------------------------------------------- data bar
+
+
+def test_detect_databar_variants():
+    image = _sem_like(200, 160, bar=170) / 255
+    assert detect_databar(image) == 170
+    framed = image.copy()
+    framed[-2:] = np.random.default_rng(1).random((2, 160))  # a frame line under the bar
+    assert detect_databar(framed) == 170
+    assert detect_databar(np.random.default_rng(2).random((100, 80))) == 100  # no bar
+    assert detect_databar(np.zeros((100, 80))) == 100  # uniform: no bar
+    white_bar = _sem_like(200, 160, bar=150)
+    white_bar[150:] = 255
+    assert detect_databar(white_bar) == 150  # integer input, white band
+
+
+def test_databar_override_validation(tmp_path):
+    tifffile.imwrite(tmp_path / "a.tif", _sem_like())
+    assert _read_quiet(tmp_path / "a.tif", databar_row=96).databar_row == 96
+    assert _read_quiet(tmp_path / "a.tif", databar_row="auto").databar_row == 80
+    for bad in (0, 97, -5, 12.5, "x", True):
+        with pytest.raises(NanosegError, match="a.tif.*1 to 96"):
+            _read_quiet(tmp_path / "a.tif", databar_row=bad)
+    small = _read_quiet(tmp_path / "a.tif", databar_row=20)
+    with pytest.raises(NanosegError, match="20 sample rows"):
+        small.crop_rows(32)
+
+
+# ----------------------------------------------------------------------------- bad files and masks
+
+
+def test_bad_files(tmp_path):
+    text = tmp_path / "notes.tif"
+    text.write_text("this is not an image\n")
+    empty = tmp_path / "empty.tif"
+    empty.write_bytes(b"")
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.zeros((16, 16, 5), np.uint8), photometric="minisblack", planarconfig="contig")
+    cases = {text: "not a TIFF or PNG", empty: "empty", tmp_path / "missing.tif": "no such file",
+             tmp_path: "folder", stack: "2-D"}
+    for path, message in cases.items():
+        for reader in (read_micrograph, read_image_array):
+            with pytest.raises(NanosegError, match=message) as info:
+                reader(path)
+            assert str(path) in str(info.value)
+
+
+def test_read_mask(tmp_path):
+    mask = np.zeros((20, 30), np.uint8)
+    mask[5:10, 5:10] = 255
+    tifffile.imwrite(tmp_path / "m.tif", mask)
+    np.testing.assert_array_equal(read_mask(tmp_path / "m.tif", shape=(20, 30)), mask > 0)
+    Image.fromarray(mask // 255).save(tmp_path / "m01.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "m01.png"), mask > 0)
+    odd = mask // 255
+    odd[0, 0] = 7
+    tifffile.imwrite(tmp_path / "odd.tif", odd)
+    with pytest.raises(NanosegError, match=r"odd\.tif.*0, 1, 7"):
+        read_mask(tmp_path / "odd.tif")
+    with pytest.raises(NanosegError, match=r"m\.tif.*20 x 30.*768 x 1024"):
+        read_mask(tmp_path / "m.tif", shape=(768, 1024))
+    tifffile.imwrite(tmp_path / "color.tif", np.stack([mask, mask, 255 - mask], -1), photometric="rgb")
+    with pytest.raises(NanosegError, match="color.tif.*single-channel"):
+        read_mask(tmp_path / "color.tif")
+
+
+# ----------------------------------------------------------------------------- nanoseg info
+
+
+def _nanoseg() -> list[str]:
+    script = Path(sys.executable).with_name("nanoseg")
+    return [str(script)] if script.exists() else [shutil.which("nanoseg") or "nanoseg"]
+
+
+def test_info_command_json(tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "a.tif", _sem_like())
+    args = Namespace(images=[str(tmp_path / "a.tif")], pixel_size="0.01um", databar_row=None, json=True)
+    assert info_command(args) == 0
+    [item] = json.loads(capsys.readouterr().out)
+    assert item["pixel_size_nm"] == pytest.approx(10.0) and item["pixel_size_source"] == "override"
+    assert item["databar_row"] == 80 and item["width"] == 128 and item["height"] == 96
+    assert item["field_of_view_um"] == pytest.approx({"width": 1.28, "height": 0.8})
+    args = Namespace(images=[str(tmp_path / "a.tif")], pixel_size=None, databar_row=None, json=False)
+    assert info_command(args) == 0
+    assert "sizes will be in pixels" in capsys.readouterr().out
+
+
+@needs_bam
+def test_cli_info(tmp_path):
+    result = subprocess.run([*_nanoseg(), "info", str(BAM_IMAGE)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "7.344" in result.stdout and "CZ_SEM" in result.stdout
+    assert "from row 712" in result.stdout and "7.520 x 5.229" in result.stdout
+    bad = tmp_path / "bad.tif"
+    bad.write_text("not a tiff")
+    result = subprocess.run([*_nanoseg(), "info", str(bad)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "nanoseg: error:" in result.stderr and "bad.tif" in result.stderr
+    assert "Traceback" not in result.stderr
