@@ -1,0 +1,207 @@
+"""K-fold cross-validation, tracked in MLflow, resumable.
+
+One MLflow parent run (``cv-<variant>-<profile>``) with a nested run per fold
+(``fold-<k>``): parameters, per-epoch loss/Dice, the fold's model, learning
+curves and overlays. Each finished fold leaves ``cv/fold_<k>/result.json`` and
+its validation probability maps; a re-run with the same settings and data
+(same ``config_key``) skips finished folds and continues under the same parent
+run. The decision threshold is chosen on the pooled validation predictions of
+all folds (never on test images) and the 7 pixel metrics are reported per fold
+and as mean ± std.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from nanoseg.config import resolve
+from nanoseg.dataset import load_rows
+
+PAPER = {"dice": 0.940, "iou": 0.887, "accuracy": 0.993}  # Sanan & Isaac, mean over folds
+
+
+def config_key(params: dict, manifest, split: dict) -> str:
+    """A hash of everything a fold's result depends on."""
+    keep = {k: params[k] for k in ("model", "train", "data") if k in params}
+    keep["predict"] = {k: params["predict"][k] for k in ("tile", "overlap")}
+    blob = json.dumps([keep, split, sorted(manifest["image_sha256"])], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
+    tmp.replace(path)
+
+
+def predict_images(model, images, params: dict) -> list[np.ndarray]:
+    """Probability maps for full images, through the same overlap-tile path as ``nanoseg predict``."""
+    from nanoseg.predict import Predictor
+
+    p = params["predict"]
+    predictor = Predictor(model, tile=int(p["tile"]), overlap=int(p["overlap"]), batch=int(p["batch"]))
+    return [predictor.probability(im) for im in images]
+
+
+def run_fold(k: int, fold: dict, manifest, params: dict, fold_dir: Path, key: str) -> dict:
+    """Train and validate fold ``k`` inside a nested MLflow run; write ``result.json``."""
+    import keras
+
+    from nanoseg import tracking
+    from nanoseg.metrics import pixel_metrics
+    from nanoseg.model import save_model
+    from nanoseg.plots import learning_curves
+    from nanoseg.training import fit, save_history_csv  # noqa: I001
+
+    root = params["_root"]
+    tr_img, tr_mask = load_rows(manifest, fold["train"], root)
+    va_img, va_mask = load_rows(manifest, fold["val"], root)
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    tags = {"stage": "cv", "fold": str(k), "variant": params["model"]["variant"], "profile": params["profile"]}
+    with tracking.start_run(f"fold-{k}", nested=True, tags=tags,
+                            params={"fold": k, "variant": params["model"]["variant"], "n_train": len(tr_img),
+                                    "n_val": len(va_img), "train": params["train"], "model": params["model"]}) as run:
+        model, history, info = fit(tr_img, tr_mask, va_img, va_mask, params, log=tracking.log_metrics,
+                                   label=f"fold {k}")
+        probs = predict_images(model, va_img, params)
+        metrics = pixel_metrics(va_mask, probs, threshold=0.5)
+        tracking.log_metrics({f"val_{m}_at_0.5": v for m, v in metrics.items()})
+        tracking.log_metrics({"best_epoch": info["best_epoch"], "epochs_run": info["epochs_run"],
+                              "train_seconds": info["seconds"]})
+        save_history_csv(history, fold_dir / "history.csv")
+        curve = learning_curves(history, fold_dir / "learning_curves.png", title=f"fold {k}")
+        tracking.log_artifact(curve, "plots")
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = save_model(model, Path(tmp) / "model", {"variant": params["model"]["variant"], "fold": k,
+                                                            "threshold": 0.5, **info})
+            tracking.log_artifact(folder, "model")
+        np.savez_compressed(fold_dir / "val_probs.npz", **{s: p.astype(np.float16) for s, p in zip(fold["val"], probs)})
+        result = {"fold": k, "key": key, "run_id": run.info.run_id, "val": fold["val"], **info,
+                  "metrics_at_0.5": metrics}
+        _write_json(fold_dir / "result.json", result)
+    del model
+    keras.backend.clear_session()
+    gc.collect()
+    return result
+
+
+INSTANCE_KEYS = ("f1_50", "f1_75", "pq", "median_ecd_rel_error", "ecd_wasserstein", "n_gt", "n_pred")
+
+
+def choose_postprocess(truths, probs, threshold: float, params: dict, pixel_size_nm) -> dict:
+    """Instance post-processing settings (split or not, seed distance) that maximise instance F1@0.5
+    on the pooled validation predictions — validation folds only, never test images."""
+    from nanoseg.evaluation import min_area_px, truth_labels
+    from nanoseg.postprocess import tune_split_params
+
+    post = dict(params.get("postprocess", {}))
+    area = min_area_px(post, pixel_size_nm)
+    grid = {"threshold": [threshold], "opening_radius": [int(post.get("opening_radius", 1))],
+            "min_area_px": [area], "split": [False, True],
+            "min_distance_px": list(post.get("min_distance_grid", [3, 5, 7, 9, 12]))}
+    best = tune_split_params(probs, [truth_labels(t) for t in truths], grid)
+    return {"opening_radius": int(post.get("opening_radius", 1)), "min_area_nm2": float(post.get("min_area_nm2", 0)),
+            "split": bool(best["split"]), "min_distance_px": int(best["min_distance_px"]),
+            "val_f1_50": float(best["f1_50"])}
+
+
+def finished_fold(fold_dir: Path, key: str) -> dict | None:
+    f = fold_dir / "result.json"
+    if f.is_file() and (fold_dir / "val_probs.npz").is_file():
+        result = json.loads(f.read_text())
+        if result.get("key") == key:
+            return result
+    return None
+
+
+def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
+    """Cross-validate; return the summary written to ``metrics/cv.json``."""
+    from tqdm import tqdm
+
+    from nanoseg import tracking
+    from nanoseg.evaluation import score, segment
+    from nanoseg.metrics import PIXEL_METRICS, choose_threshold, summarize_folds
+    from nanoseg.plots import error_overlay, metric_bars
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key = config_key(params, manifest, split)
+    state_file = out_dir / "state.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    tracking.setup(params=params)
+    parent_id = state.get("parent_run_id") if state.get("key") == key else None
+    if tracking.run_status(parent_id) is None:
+        parent_id = None
+    variant = params["model"]["variant"]
+    name = f"cv-{variant}-{params['profile']}"
+    tags = {"stage": "cv", "variant": variant, "profile": params["profile"], "config_key": key}
+    with tracking.start_run(name, tags=tags, run_id=parent_id,
+                            params=None if parent_id else {**{k: params[k] for k in ("model", "train", "prepare")},
+                                                           "variant": variant, "profile": params["profile"]}) as parent:
+        _write_json(state_file, {"key": key, "parent_run_id": parent.info.run_id})
+        results = []
+        folds = split["folds"]
+        for k, fold in enumerate(tqdm(folds, desc="cv folds", unit="fold")):
+            fold_dir = out_dir / f"fold_{k}"
+            done = finished_fold(fold_dir, key)
+            if done:
+                print(f"fold {k}: finished earlier (run {done['run_id']}), not trained again")
+                results.append(done)
+                continue
+            results.append(run_fold(k, fold, manifest, params, fold_dir, key))
+
+        # threshold from the pooled validation predictions of all folds
+        root = params["_root"]
+        truths, probs, per_fold_data = [], [], []
+        for k, fold in enumerate(folds):
+            stored = np.load(out_dir / f"fold_{k}" / "val_probs.npz")
+            images, masks = load_rows(manifest, fold["val"], root)
+            p = [stored[s].astype(np.float32) for s in fold["val"]]
+            per_fold_data.append((images, masks, p))
+            truths += masks
+            probs += p
+        threshold = float(choose_threshold(truths, probs))
+        plots_dir = resolve(params, "plots/cv")
+        plots_dir.mkdir(parents=True, exist_ok=True)
+        for k in range(len(folds)):
+            shutil.copyfile(out_dir / f"fold_{k}" / "history.csv", plots_dir / f"fold_{k}.csv")
+        px = float(np.nanmedian(manifest["pixel_size_nm"])) if manifest["pixel_size_nm"].notna().any() else None
+        post = choose_postprocess(truths, probs, threshold, params, px)
+        per_fold = []
+        for k, (images, masks, p) in enumerate(per_fold_data):
+            segs = [segment(pk, threshold, post, px) for pk in p]
+            m = score(masks, p, [lab for _, lab in segs], px, threshold=threshold)
+            per_fold.append(m)
+            overlays = []
+            for s, im, tr, (pred, _) in zip(folds[k]["val"], images, masks, segs):
+                overlays.append(error_overlay(im, tr, pred, out_dir / f"fold_{k}" / f"overlay_{s}.png",
+                                              title=f"fold {k} · {s} · threshold {threshold:.2f}"))
+            tracking.log_to_run(results[k]["run_id"], metrics={f"val_{n}": v for n, v in m.items()},
+                                artifacts=overlays, artifact_path="overlays")
+        summary = summarize_folds(per_fold)
+        stats = {n: {"mean": summary[n]["mean"], "std": summary[n]["std"]} for n in PIXEL_METRICS}
+        bars = metric_bars(stats, resolve(params, "plots/cv_summary/metrics_mean_std.png"), list(PIXEL_METRICS),
+                           title=f"{len(folds)}-fold CV ({variant}, {params['profile']} profile)", reference=PAPER)
+        tracking.log_artifact(bars, "plots")
+        best_epochs = [r["best_epoch"] for r in results]
+        cv = {
+            "threshold": threshold,
+            "folds": len(folds),
+            **{f"{n}_mean": stats[n]["mean"] for n in PIXEL_METRICS},
+            **{f"{n}_std": stats[n]["std"] for n in PIXEL_METRICS},
+            **{f"{n}_mean": summary[n]["mean"] for n in INSTANCE_KEYS if n in summary},
+            **{f"{n}_std": summary[n]["std"] for n in INSTANCE_KEYS if n in summary},
+            "best_epoch_median": int(np.median(best_epochs)),
+            "postprocess": post,
+            "per_fold": {str(k): m for k, m in enumerate(per_fold)},
+        }
+        tracking.log_metrics({k: v for k, v in cv.items() if isinstance(v, (int, float))})
+        tracking.log_dict(cv, "cv.json")
+    return cv
