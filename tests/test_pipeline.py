@@ -1,0 +1,99 @@
+"""End to end: a fresh copy of the project runs the whole DVC pipeline on the smoke profile,
+against real DVC and a real MLflow store, then `nanoseg predict` uses the final model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, write_small_dataset
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+
+
+def sh(*cmd, cwd, check=True, timeout=900):
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+           "GX_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("NANOSEG_HOME", None)
+    proc = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, bam_dir):
+    """A fresh clone-like copy of the project with a small dataset imported through DVC."""
+    root = tmp_path_factory.mktemp("e2e")
+    repo = root / "nanoseg"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split("\n")
+    for f in filter(None, files):
+        src = REPO / f
+        if src.is_file():
+            dst = repo / f
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+    data = write_small_dataset(root / "dataset", n=8)
+    sh("git", "init", "-q", cwd=repo)
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A", cwd=repo)
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy", cwd=repo)
+    out = sh("nanoseg", "data", "--source", str(data), cwd=repo)
+    assert "8 images" in out.stdout
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "data", cwd=repo)
+    return repo
+
+
+def test_smoke_pipeline_end_to_end(project):
+    run = sh("dvc", "exp", "run", "-S", "profile=smoke", cwd=project)
+    assert "cv:" in run.stdout and "test (" in run.stdout
+    cv = json.loads((project / "metrics/cv.json").read_text())
+    for m in ("accuracy", "precision", "recall", "f1", "dice", "iou", "auc"):
+        assert f"{m}_mean" in cv and f"{m}_std" in cv
+    assert 0.0 <= cv["threshold"] <= 1.0 and "postprocess" in cv
+    test = json.loads((project / "metrics/test.json").read_text())
+    assert {"dice", "iou", "f1_50", "pq", "median_ecd_rel_error"} <= set(test["model"])
+    assert {"otsu", "otsu_watershed"} <= set(test["baselines"])
+    assert (project / "models/final/nanoseg.json").is_file()
+    assert sorted(p.name for p in (project / "plots/cv").glob("*.csv")) == ["fold_0.csv", "fold_1.csv"]
+    assert list((project / "plots/test").glob("overlay_*.png"))
+
+    shown = sh("dvc", "metrics", "show", cwd=project).stdout
+    assert "metrics/cv.json" in shown and "metrics/test.json" in shown
+
+    # MLflow: one cv parent run with two nested fold runs carrying the 7 metrics and plots
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns/mlflow.db'}")
+    exp = mlflow.get_experiment_by_name("nanoseg-bam-tio2")
+    runs = mlflow.search_runs([exp.experiment_id], output_format="list")
+    parents = [r for r in runs if r.data.tags.get("stage") == "cv" and "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    folds = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(folds) == 2
+    for f in folds:
+        assert {"val_dice", "val_iou", "val_auc", "val_f1_50"} <= set(f.data.metrics)
+        assert f.data.tags.get("git_commit") and f.data.tags.get("data_md5")
+        arts = {a.path for a in mlflow.MlflowClient().list_artifacts(f.info.run_id)}
+        assert {"model", "plots", "overlays"} <= arts
+    assert "dice_mean" in parents[0].data.metrics
+
+    # an interrupted/repeated cv does not train finished folds again
+    again = sh("python", "-m", "nanoseg.stages.cv", cwd=project)
+    assert again.stdout.count("not trained again") == 2
+
+    # the final model predicts new images with the output contract
+    img = sorted((project / "data/Electron Microscopy Images/SEM").glob("*.tif"))[0]
+    pred = sh("nanoseg", "predict", str(img), "--model", "models/final", "--out", "pred", cwd=project)
+    for name in (f"{img.stem}_mask.png", f"{img.stem}_labels.tif", f"{img.stem}_overlay.png",
+                 "particles.csv", "summary.json", "psd.png"):
+        assert (project / "pred" / name).is_file(), (name, pred.stdout, pred.stderr)

@@ -1,0 +1,93 @@
+"""Tests for nanoseg.postprocess on small synthetic masks and images."""
+
+import numpy as np
+import pytest
+from skimage import draw
+
+from nanoseg import postprocess
+from nanoseg.errors import NanosegError
+
+
+def _discs(shape, centers, radius):
+    mask = np.zeros(shape, bool)
+    for c in centers:
+        rr, cc = draw.disk(c, radius, shape=shape)
+        mask[rr, cc] = True
+    return mask
+
+
+def test_binarize():
+    out = postprocess.binarize(np.array([0.2, 0.5, 0.9]), 0.5)
+    assert out.dtype == bool and out.tolist() == [False, True, True]
+
+
+def test_touching_discs_split():
+    mask = _discs((80, 100), [(40, 35), (40, 58)], 12)  # overlapping discs, one component
+    assert postprocess.label_instances(mask).max() == 1
+    labels = postprocess.label_instances(mask, split=True, min_distance_px=5)
+    assert labels.dtype == np.int32 and labels.max() == 2
+    assert set(np.unique(labels[mask])) == {1, 2} and not labels[~mask].any()
+    assert labels[40, 30] != labels[40, 63]
+
+
+def test_label_is_4_connected():
+    mask = np.zeros((5, 5), bool)
+    mask[1, 1] = mask[2, 2] = True
+    assert postprocess.label_instances(mask).max() == 2
+
+
+def test_clean_mask_keeps_separating_lines():
+    mask = np.zeros((30, 50), bool)
+    mask[5:25, 5:45] = True
+    mask[:, 25] = False  # 1-px background line between two touching particles
+    mask[0, 0] = True  # isolated pixel: removed by the opening
+    out = postprocess.clean_mask(mask, opening_radius=1)
+    assert not out[0, 0] and not out[:, 25].any()
+    assert postprocess.label_instances(out).max() == 2
+
+
+def test_clean_mask_fills_holes_per_object():
+    ring = np.zeros((30, 30), bool)
+    ring[5:25, 5:25] = True
+    ring[10:15, 10:15] = False
+    filled = postprocess.clean_mask(ring, opening_radius=0)
+    assert filled[5:25, 5:25].all() and filled.sum() == 400
+    frame = np.zeros((20, 20), bool)  # four bars touching only diagonally enclose a gap
+    frame[0:3, 3:17] = frame[17:20, 3:17] = frame[3:17, 0:3] = frame[3:17, 17:20] = True
+    out = postprocess.clean_mask(frame, opening_radius=0)
+    assert not out[10, 10] and postprocess.label_instances(out).max() == 4
+
+
+def test_clean_mask_min_area():
+    mask = _discs((40, 40), [(10, 10)], 6)
+    mask[30:33, 30:33] = True
+    out = postprocess.clean_mask(mask, min_area_px=20)
+    assert out[10, 10] and not out[31, 31]
+    labels = postprocess.remove_small_instances(postprocess.label_instances(mask), 20)
+    assert labels.max() == 1 and labels.dtype == np.int32
+
+
+def test_otsu_and_baseline_on_synthetic_image():
+    rng = np.random.default_rng(0)
+    mask = _discs((120, 160), [(30, 30), (30, 90), (80, 60), (80, 120)], 12)
+    image = 0.2 + 0.5 * mask + rng.normal(0, 0.03, mask.shape)
+    image[110:] = 1.0  # bright data bar at the bottom
+    got = postprocess.otsu_mask(image, sample_rows=110)
+    assert (got[:110] == mask[:110]).mean() > 0.98
+    labels = postprocess.baseline_instances(image[:110], watershed=True, min_distance_px=9)
+    assert labels.max() == 4
+    with pytest.raises(NanosegError):
+        postprocess.otsu_mask(np.zeros((2, 3, 4, 5)))
+
+
+def test_tune_split_params_prefers_splitting_touching_pairs():
+    mask = _discs((80, 200), [(40, 35), (40, 58), (40, 130), (40, 153)], 12)
+    gt = np.zeros(mask.shape, np.int32)
+    for i, c in enumerate([(40, 35), (40, 58), (40, 130), (40, 153)], start=1):
+        rr, cc = draw.disk(c, 12, shape=mask.shape)
+        gt[rr, cc] = i
+    gt[:, [46, 47, 141, 142]] = 0
+    best = postprocess.tune_split_params([mask], [gt], grid={"split": [False, True],
+                                                             "min_distance_px": [5, 9]})
+    assert best["split"] is True and best["f1_50"] == pytest.approx(1.0)
+    assert len(best["scores"]) == 3  # split=False is evaluated once
