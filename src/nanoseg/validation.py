@@ -98,7 +98,10 @@ def validate_manifest(manifest: pd.DataFrame, split: dict, params: dict) -> tupl
     import great_expectations as gx
 
     df = _with_split_checks(manifest, split)
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
     asset = context.data_sources.add_pandas("nanoseg").add_dataframe_asset("manifest")
     batch = asset.add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": df})
     suite = context.suites.add(build_suite(params))
