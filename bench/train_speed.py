@@ -1,7 +1,7 @@
 """Training throughput of the paper U-Net on this machine: images/s per configuration.
 
-Plain fp32 ``model.fit`` (the baseline) against mixed bfloat16, XLA (``jit_compile``)
-and crop sizes; real ResNet50 encoder with ImageNet weights, decoder (256,128,64,32,16),
+Plain fp32 ``model.fit`` (the baseline) against mixed bfloat16, XLA (``jit_compile``),
+a frozen ImageNet encoder (``frozen``: only the decoder trains) and crop sizes; real ResNet50 encoder with ImageNet weights, decoder (256,128,64,32,16),
 Dice loss, Adam, batch 4. Writes ``bench/results/train_speed.json`` and ``.md``.
 
     python bench/train_speed.py [--steps 6] [--configs fp32-256,bf16-256,xla-256,fp32-512]
@@ -38,6 +38,8 @@ def run_one(name: str, steps: int) -> dict:
     crop = int(crop)
     configure_precision(precision == "bf16")
     model = build_unet(weights=str(WEIGHTS) if WEIGHTS.is_file() else None)
+    if precision == "frozen":  # transfer learning: ImageNet encoder fixed (BN in inference mode), decoder trains
+        model.get_layer("encoder").trainable = False
     model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=dice_loss, metrics=[dice_coefficient],
                   jit_compile=precision == "xla")
     rng = np.random.default_rng(0)
@@ -59,7 +61,7 @@ def run_one(name: str, steps: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--configs", default="fp32-256,bf16-256,xla-256,fp32-512")
+    ap.add_argument("--configs", default="fp32-256,bf16-256,xla-256,frozen-256,fp32-512")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:

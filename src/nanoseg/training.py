@@ -5,7 +5,8 @@ the validation loss (best weights restored) — all from ``params.yaml``
 (``train:``). Random augmented crops come from
 :func:`nanoseg.dataset.make_train_dataset`; validation runs on the full
 validation images. ``train.max_minutes_per_fold`` caps the wall time (the
-``cpu`` profile), ``train.steps_per_epoch`` sets how many batches make an epoch.
+``cpu`` profile), ``train.steps_per_epoch`` sets how many batches make an epoch,
+``train.freeze_encoder`` keeps the ImageNet encoder fixed (only the decoder trains).
 Nothing here imports MLflow: per-epoch numbers go to a ``log`` callback.
 """
 
@@ -70,6 +71,10 @@ def build_compiled(params: dict):
         weights = str(resolve(params, weights))
     model = build_unet(variant=m.get("variant", "paper"), weights=weights,
                        decoder_filters=tuple(m.get("decoder_filters", (256, 128, 64, 32, 16))))
+    if t.get("freeze_encoder"):
+        # transfer learning: the ImageNet encoder stays fixed (its BatchNorm in inference mode, which also
+        # avoids batch-4 statistics); only the decoder trains. ~2x the training throughput on a CPU.
+        model.get_layer("encoder").trainable = False
     if t.get("loss", "dice") != "dice":
         raise NanosegError(f"train.loss = {t.get('loss')!r}: the paper model trains with 'dice'.")
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=float(t["lr"])), loss=dice_loss,
