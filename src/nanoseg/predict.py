@@ -1,0 +1,429 @@
+"""Inference: probability maps for whole micrographs and the ``nanoseg predict`` command.
+
+:class:`Predictor` runs a Keras model through a traced ``tf.function`` (about
+twice as fast as ``model.predict``) over overlapping tiles
+(:func:`nanoseg.tiling.predict_tiled`), optionally with test-time augmentation
+(the 8 flips/rotations of the dihedral group) whose spread is a per-pixel
+uncertainty. :func:`load_predictor` opens a saved model folder or an MLflow
+model URI with its inference settings. :func:`predict_command` segments images,
+measures every particle and writes, for each input ``<stem>``::
+
+    <stem>_mask.png         uint8 0/255, input size, data-bar rows 0
+    <stem>_labels.tif       uint16 (uint32 if needed) instance labels, 0 = background
+    <stem>_overlay.png      particle contours on the image, scale bar in nm (px without pixel size)
+    <stem>_uncertainty.tif  float32 TTA standard deviation (only with --tta)
+
+and for the run ``particles.csv`` (one row per particle, units in the column
+names), ``summary.json`` and ``psd.png`` (ECD distribution of the measurable
+particles). Output goes to a temporary folder next to ``--out`` that is renamed
+into place at the end, so an interrupted run leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from nanoseg.errors import NanosegError
+from nanoseg.tiling import predict_tiled
+
+DEFAULTS = {"tile": 512, "overlap": 64, "batch": 4, "threshold": 0.5, "min_area_nm2": 200.0, "tta": False,
+            "precision": "auto"}
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
+
+
+class Predictor:
+    """Probability maps of whole images from a segmentation model.
+
+    Parameters
+    ----------
+    model : keras.Model
+        Input (N, H, W, 1) grayscale in [0, 1] (H, W divisible by 32), output
+        (N, H, W, C) probabilities; precision handled inside the model.
+    tile : int
+        Tile side, a multiple of 32.
+    overlap : int
+        Overlap between tiles in px (half of it is the mirrored margin).
+    batch : int
+        Tiles per forward pass.
+    tta : bool
+        :meth:`probability` returns the mean over the 8 dihedral transforms.
+    single_pass : bool
+        Predict an image in one rectangular pass (mirrored margins, sides
+        rounded up to multiples of 32) when it has no more pixels than a batch
+        of tiles (``batch * tile**2``): same memory, no tile overlap to compute
+        twice (a 1024x768 image with tile 512, batch 4: one 832x1088 pass
+        instead of six 512x512 tiles, about 2x faster). False always tiles.
+        Tiles along an axis never exceed what the image needs.
+    """
+
+    def __init__(self, model, tile=512, overlap=64, batch=4, tta=False, single_pass=True):
+        import tensorflow as tf
+
+        tile, overlap, batch = int(tile), int(overlap), int(batch)
+        if tile < 32 or tile % 32:
+            raise NanosegError(f"predict.tile = {tile}: the tile side must be a positive multiple of 32.")
+        if not 0 <= overlap < tile:
+            raise NanosegError(f"predict.overlap = {overlap}: must be at least 0 and smaller than the tile ({tile}).")
+        if batch < 1:
+            raise NanosegError(f"predict.batch = {batch}: must be at least 1.")
+        self.model, self.tile, self.overlap, self.batch, self.tta = model, tile, overlap, batch, bool(tta)
+        self.single_pass = bool(single_pass)
+        self._forward = tf.function(
+            lambda x: tf.cast(model(x, training=False), tf.float32),
+            input_signature=[tf.TensorSpec((None, None, None, 1), tf.float32)],
+        )
+
+    def predict_batch(self, tiles: np.ndarray) -> np.ndarray:
+        """Model output (N, t, t, C) float32 for tiles (N, t, t, 1)."""
+        return self._forward(np.asarray(tiles, dtype=np.float32)).numpy()
+
+    def _tile_for(self, shape) -> tuple[int, int]:
+        rows, cols = (32 * math.ceil((n + self.overlap) / 32) for n in shape[:2])
+        if self.single_pass and rows * cols <= self.batch * self.tile**2:
+            return rows, cols
+        return min(rows, self.tile), min(cols, self.tile)
+
+    def _single(self, image: np.ndarray) -> np.ndarray:
+        prob = predict_tiled(self.predict_batch, image, self._tile_for(image.shape), self.overlap, self.batch)
+        if prob.ndim == 3 and prob.shape[2] == 1:
+            prob = prob[..., 0]
+        return np.clip(prob, 0.0, 1.0)
+
+    @staticmethod
+    def _image(image) -> np.ndarray:
+        image = np.asarray(image, dtype=np.float32)
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[..., 0]
+        if image.ndim != 2 or min(image.shape) < 1:
+            raise NanosegError(f"expected a 2-D grayscale image, got an array of shape {image.shape}.")
+        return image
+
+    def probability(self, image: np.ndarray) -> np.ndarray:
+        """Probability map of a grayscale image in [0, 1].
+
+        Returns (H, W) float32 in [0, 1] ((H, W, C) for multi-channel models);
+        the TTA mean when the predictor was made with ``tta=True``.
+        """
+        image = self._image(image)
+        if self.tta:
+            return self.probability_with_uncertainty(image)[0]
+        return self._single(image)
+
+    def probability_with_uncertainty(self, image) -> tuple[np.ndarray, np.ndarray]:
+        """Test-time augmentation over the 8 dihedral transforms (flips x rot90).
+
+        Returns
+        -------
+        mean, std : ndarray
+            float32 maps like :meth:`probability`; ``std`` (per-pixel standard
+            deviation over the 8 predictions) is an uncertainty estimate.
+        """
+        image = self._image(image)
+        preds = []
+        for k in range(4):
+            for flip in (False, True):
+                view = np.rot90(image, k)
+                view = view[:, ::-1] if flip else view
+                pred = self._single(np.ascontiguousarray(view))
+                pred = pred[:, ::-1] if flip else pred
+                preds.append(np.rot90(pred, -k))
+        stack = np.stack(preds)
+        return stack.mean(axis=0).astype(np.float32), stack.std(axis=0).astype(np.float32)
+
+
+def _project_settings() -> dict:
+    from nanoseg.config import load_params, project_root
+
+    if not (project_root() / "params.yaml").is_file():
+        return {}
+    return dict(load_params().get("predict") or {})
+
+
+def resolve_settings(metadata: dict, overrides: dict | None = None) -> dict:
+    """Inference settings: built-in defaults < params.yaml ``predict`` < the model's metadata < overrides.
+
+    Returns a dict with ``tile, overlap, batch, tta, precision, threshold`` and
+    ``postprocess`` (``opening_radius, min_area_nm2, split, min_distance_px``).
+    Overrides that are None are ignored.
+    """
+    from nanoseg.evaluation import DEFAULT_POST
+
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = set(overrides) - set(DEFAULTS) - {"postprocess"}
+    if unknown:
+        raise TypeError(f"unknown predictor settings {sorted(unknown)}; use some of {sorted(DEFAULTS)} or postprocess")
+    project = _project_settings()
+    settings = {**DEFAULTS, **{k: project[k] for k in DEFAULTS if k in project}}
+    settings.update({k: metadata[k] for k in ("tile", "overlap", "threshold") if metadata.get(k) is not None})
+    post = {**DEFAULT_POST, "min_area_nm2": settings.pop("min_area_nm2"), **(metadata.get("postprocess") or {})}
+    if "min_area_nm2" in overrides:
+        post["min_area_nm2"] = overrides.pop("min_area_nm2")
+    post.update(overrides.pop("postprocess", {}))
+    settings.update(overrides)
+    settings["postprocess"] = post
+    settings["threshold"] = float(settings["threshold"])
+    settings["tta"] = bool(settings["tta"])
+    return settings
+
+
+def _model_folder(model_ref) -> Path:
+    ref = str(model_ref)
+    if _URI.match(ref):
+        try:
+            from nanoseg.tracking import download_model
+        except ImportError as exc:
+            raise NanosegError(f"{ref}: MLflow model URIs need nanoseg.tracking and MLflow ({exc}); "
+                               "pass a saved model folder instead.") from None
+        return Path(download_model(ref))
+    folder = Path(ref)
+    if not folder.exists():
+        raise NanosegError(
+            f"{ref}: no such model folder or MLflow URI; pass --model with a folder written by training "
+            "(e.g. models/final after `dvc repro`) or a URI such as models:/nanoseg@champion or runs:/<id>/model."
+        )
+    return folder
+
+
+def load_predictor(model_ref, **overrides):
+    """Open a model for inference.
+
+    Parameters
+    ----------
+    model_ref : str or Path
+        A folder written by :func:`nanoseg.model.save_model`, or an MLflow URI
+        (``models:/nanoseg@champion``, ``runs:/<id>/model``, ...), downloaded
+        with :func:`nanoseg.tracking.download_model`.
+    **overrides
+        ``tile, overlap, batch, tta, threshold, min_area_nm2, postprocess,
+        precision`` ("auto": run the model in the policy that is fast on this
+        machine, see :func:`nanoseg.model.configure_precision`; "keep": as saved).
+
+    Returns
+    -------
+    predictor : Predictor
+    metadata : dict
+        The model's ``nanoseg.json`` updated with the resolved settings
+        (see :func:`resolve_settings`), ``model_ref`` and ``model_folder``.
+    """
+    from nanoseg.model import load_model, preferred_policy, with_policy
+
+    folder = _model_folder(model_ref)
+    model, meta = load_model(folder)
+    settings = resolve_settings(meta, overrides)
+    if settings["precision"] != "keep":
+        model = with_policy(model, preferred_policy(settings["precision"]))
+    predictor = Predictor(model, tile=settings["tile"], overlap=settings["overlap"], batch=settings["batch"],
+                          tta=settings["tta"])
+    return predictor, {**meta, **settings, "model_ref": str(model_ref), "model_folder": str(folder)}
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _nice_length(target: float) -> float:
+    """The largest 1-2-5 x 10^k value not above ``target``."""
+    exp = 10 ** math.floor(math.log10(target))
+    return max(m * exp for m in (1, 2, 5) if m * exp <= target)
+
+
+def overlay_image(image, labels, pixel_size_nm=None, databar_row=None) -> np.ndarray:
+    """RGB uint8 picture: the image with particle contours (yellow) and a scale bar.
+
+    The bar (about a fifth of the width, a 1-2-5 length in nm, or in px without
+    a pixel size) sits at the bottom left of the sample area, above the data bar.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+    from skimage.segmentation import find_boundaries
+
+    gray = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    rgb[find_boundaries(labels, mode="inner")] = (255, 220, 0)
+    height, width = gray.shape
+    bottom = min(int(databar_row or height), height)
+    scale = float(pixel_size_nm) if pixel_size_nm else 1.0
+    unit = "nm" if pixel_size_nm else "px"
+    length = _nice_length(max(width / 5 * scale, 1e-9))
+    bar_px = max(1, int(round(length / scale)))
+    text = f"{length:g} {unit}"
+    pic = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(pic)
+    size = max(10, min(height, width) // 40)
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    pad = max(2, size // 3)
+    x0, y1 = pad * 2, bottom - pad * 2
+    thick = max(2, size // 4)
+    box = draw.textbbox((0, 0), text, font=font)
+    text_h = box[3] - box[1]
+    y0 = y1 - thick - pad - text_h
+    draw.rectangle((x0 - pad, y0 - pad, x0 + max(bar_px, box[2]) + pad, y1 + pad), fill=(0, 0, 0))
+    draw.text((x0, y0 - box[1]), text, fill=(255, 255, 255), font=font)
+    draw.rectangle((x0, y1 - thick, x0 + bar_px - 1, y1), fill=(255, 255, 255))
+    return np.asarray(pic)
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    from PIL import Image
+
+    Image.fromarray(array).save(path, format="PNG")
+
+
+def _label_dtype(labels):
+    return np.uint16 if labels.max(initial=0) < 2**16 else np.uint32
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.generic,)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _ecd_values(table, unit: str) -> np.ndarray:
+    measurable = table[table["measurable"].astype(bool)] if len(table) else table
+    if unit == "nm":
+        return measurable["ecd_nm"].to_numpy(float)
+    return np.sqrt(4 * measurable["area_px"].to_numpy(float) / np.pi)
+
+
+def _predict_one(predictor, settings, path, out_dir, args):
+    """Segment and measure one image; write its files; return (table, info)."""
+    import tifffile
+
+    from nanoseg.evaluation import segment
+    from nanoseg.measure import particle_table
+    from nanoseg.micrograph import PixelSizeWarning, read_micrograph
+
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PixelSizeWarning)
+        mg = read_micrograph(path, pixel_size=args.pixel_size, databar_row=args.databar_row)
+    notes = [str(w.message) for w in caught if issubclass(w.category, PixelSizeWarning)]
+    sample = mg.sample
+    std = None
+    if settings["tta"]:
+        prob, std = predictor.probability_with_uncertainty(sample)
+    else:
+        prob = predictor.probability(sample)
+    if prob.ndim == 3:  # multi-class model: foreground = not background (channel 0)
+        prob, std = 1.0 - prob[..., 0], None if std is None else std[..., 0]
+    _, sample_labels = segment(prob, settings["threshold"], settings["postprocess"], mg.pixel_size_nm)
+    labels = np.zeros(mg.shape, dtype=_label_dtype(sample_labels))
+    labels[: mg.databar_row] = sample_labels
+    full_prob = np.zeros(mg.shape, dtype=np.float32)
+    full_prob[: mg.databar_row] = prob
+    stem = mg.path.stem
+    _write_png(out_dir / f"{stem}_mask.png", np.where(labels > 0, 255, 0).astype(np.uint8))
+    tifffile.imwrite(out_dir / f"{stem}_labels.tif", labels)
+    _write_png(out_dir / f"{stem}_overlay.png", overlay_image(mg.pixels, labels, mg.pixel_size_nm, mg.databar_row))
+    if std is not None:
+        full_std = np.zeros(mg.shape, dtype=np.float32)
+        full_std[: mg.databar_row] = std
+        tifffile.imwrite(out_dir / f"{stem}_uncertainty.tif", full_std)
+    table = particle_table(labels.astype(np.int32), mg.pixel_size_nm, full_prob, mg.path.name, mg.databar_row)
+    info = {"image": mg.path.name, "path": str(mg.path), "width": mg.width, "height": mg.height,
+            "pixel_size_nm": mg.pixel_size_nm, "pixel_size_source": mg.pixel_size_source,
+            "databar_row": mg.databar_row, "unit": table.attrs.get("unit"), "particles": int(len(table)),
+            "measurable": int(table["measurable"].sum()) if len(table) else 0,
+            "foreground_fraction": float((sample_labels > 0).mean()),
+            "mean_uncertainty": None if std is None else float(std.mean()),
+            "seconds": round(time.perf_counter() - start, 2), "notes": notes}
+    return table, info
+
+
+def _replace_folder(tmp: Path, out: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp/mkstemp create private (0700/0600) entries
+    for f in tmp.iterdir():
+        os.chmod(f, 0o666 & ~umask)
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / out.name)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def predict_command(args) -> int:
+    """``nanoseg predict IMAGES... --model M --out DIR [--overwrite] [--pixel-size X] [--databar-row N] [--tta]``.
+
+    See the module docstring for the files written. Post-processing settings
+    come from the model's ``nanoseg.json`` (defaults: ``predict`` in params.yaml).
+    """
+    import pandas as pd
+    from tqdm import tqdm
+
+    from nanoseg import __version__
+    from nanoseg.distribution import plot_psd, size_distribution
+
+    paths = [Path(p) for p in args.images]
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise NanosegError(f"{out}: exists and is not a folder; choose another --out.")
+    if out.exists() and not getattr(args, "overwrite", False):
+        raise NanosegError(f"{out}: output folder already exists; pass --overwrite to replace it or choose another --out.")
+    stems = [p.stem for p in paths]
+    dupes = sorted({s for s in stems if stems.count(s) > 1})
+    if dupes:
+        raise NanosegError(f"several input images are named {dupes}; their outputs would overwrite each other. "
+                           "Predict them in separate runs (different --out).")
+    for p in paths:
+        if not p.is_file():
+            raise NanosegError(f"{p}: image not found; check the path.")
+    predictor, settings = load_predictor(args.model, tta=True if getattr(args, "tta", False) else None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        tables, infos = [], []
+        for path in tqdm(paths, desc="nanoseg predict", unit="image"):
+            table, info = _predict_one(predictor, settings, path, tmp, args)
+            for note in info["notes"]:
+                tqdm.write(f"nanoseg: warning: {note}")
+            tables.append(table)
+            infos.append(info)
+        unit = "nm" if all(i["pixel_size_nm"] for i in infos) else "px"
+        particles = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+        particles.to_csv(tmp / "particles.csv", index=False)
+        ecd = np.concatenate([_ecd_values(t, unit) for t in tables])
+        plot_psd({"ECD (measurable particles)": ecd}, tmp / "psd.png", unit=unit,
+                 title=f"{len(ecd)} measurable particles in {len(paths)} image(s)")
+        summary = {
+            "nanoseg_version": __version__, "model": str(args.model), "variant": settings.get("variant"),
+            "model_run_id": settings.get("mlflow_run_id"), "threshold": settings["threshold"],
+            "postprocess": settings["postprocess"], "tile": settings["tile"], "overlap": settings["overlap"],
+            "tta": settings["tta"], "unit": unit,
+            "unit_note": "sizes in nm" if unit == "nm" else
+            "sizes in px: no pixel size for at least one image (give --pixel-size to measure in nm)",
+            "n_images": len(infos), "n_particles": int(sum(i["particles"] for i in infos)),
+            "n_measurable": int(len(ecd)),
+            "ecd_distribution": size_distribution(ecd, unit=unit),
+            "images": infos,
+        }
+        (tmp / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
+        _replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"{len(infos)} image(s), {summary['n_particles']} particles ({summary['n_measurable']} measurable) -> {out}/")
+    return 0

@@ -1,0 +1,200 @@
+"""Predictor (tiles, TTA), load_predictor and the `nanoseg predict` output contract."""
+
+from __future__ import annotations
+
+import json
+from argparse import Namespace
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from PIL import Image
+from skimage.filters import threshold_otsu
+
+from nanoseg.cli import main
+from nanoseg.errors import NanosegError
+from nanoseg.model import build_unet, save_model
+from nanoseg.predict import Predictor, load_predictor, predict_command
+from tests.conftest import IMAGES, PX_PER_CM
+
+keras.mixed_precision.set_global_policy("float32")
+
+
+def passthrough_model():
+    """A 'model' whose probability is the image itself (deterministic segmentation)."""
+    x = keras.Input((None, None, 1))
+    return keras.Model(x, keras.layers.Identity()(x))
+
+
+def conv_model():
+    """Not flip/rotation invariant: TTA predictions differ."""
+    x = keras.Input((None, None, 1))
+    y = keras.layers.Conv2D(1, 5, padding="same", activation="sigmoid",
+                            kernel_initializer=keras.initializers.RandomNormal(seed=1))(x)
+    return keras.Model(x, y)
+
+
+@pytest.fixture(scope="module")
+def sem_crop(tmp_path_factory, bam_dir):
+    """A 300x200 (W x H) cut of a BAM image: 168 sample rows + 32 rows of its data bar, pixel size in the TIFF."""
+    from nanoseg.micrograph import read_micrograph
+
+    path = sorted((bam_dir / IMAGES).glob("*.tif"))[0]
+    mg = read_micrograph(path)
+    crop = np.concatenate([mg.pixels[100:268, 200:500], mg.pixels[712:744, 200:500]])
+    folder = tmp_path_factory.mktemp("images")
+    out = folder / "crop.tif"
+    tifffile.imwrite(out, (crop * 255).round().astype(np.uint8), resolution=(PX_PER_CM, PX_PER_CM),
+                     resolutionunit="CENTIMETER")
+    tifffile.imwrite(folder / "nopx.tif", (crop * 255).round().astype(np.uint8))
+    return out, float(threshold_otsu(crop[:168]))
+
+
+@pytest.fixture(scope="module")
+def unet_folder(tmp_path_factory):
+    model = build_unet(weights=None, decoder_filters=(16, 16, 8, 8, 8))
+    return save_model(model, tmp_path_factory.mktemp("unet") / "model", {"variant": "paper", "threshold": 0.5})
+
+
+def args(images, model, out, **kw):
+    return Namespace(images=[str(i) for i in images], model=str(model), out=str(out),
+                     overwrite=kw.get("overwrite", False), pixel_size=kw.get("pixel_size"),
+                     databar_row=kw.get("databar_row"), tta=kw.get("tta", False))
+
+
+def test_predictor_any_size():
+    pred = Predictor(passthrough_model(), tile=64, overlap=16, batch=2)
+    for shape in [(100, 150), (20, 7), (64, 64)]:
+        image = np.random.default_rng(0).random(shape, dtype=np.float32)
+        prob = pred.probability(image)
+        assert prob.shape == shape and prob.dtype == np.float32
+        np.testing.assert_allclose(prob, image, atol=1e-6)
+
+
+def test_single_pass_or_tiles():
+    seen = []
+    model = passthrough_model()
+    pred = Predictor(model, tile=64, overlap=16, batch=2)
+    pred._forward = lambda x, f=pred._forward: (seen.append(tuple(x.shape)), f(x))[1]
+    image = np.random.default_rng(4).random((40, 50), dtype=np.float32)
+    np.testing.assert_allclose(pred.probability(image), image, atol=1e-6)
+    assert seen == [(1, 64, 96, 1)]  # 64 x 96 padded image <= batch * tile**2: one pass
+    seen.clear()
+    tiled = Predictor(model, tile=64, overlap=16, batch=2, single_pass=False)
+    tiled._forward = lambda x, f=tiled._forward: (seen.append(tuple(x.shape)), f(x))[1]
+    np.testing.assert_allclose(tiled.probability(image), image, atol=1e-6)
+    assert {s[1:3] for s in seen} == {(64, 64)} and sum(s[0] for s in seen) == 2
+
+
+def test_tta_mean_and_uncertainty():
+    image = np.random.default_rng(1).random((70, 90), dtype=np.float32)
+    mean, std = Predictor(passthrough_model(), tile=64, overlap=16).probability_with_uncertainty(image)
+    np.testing.assert_allclose(mean, image, atol=1e-6)
+    assert std.shape == image.shape and std.max() < 1e-6
+    conv = Predictor(conv_model(), tile=64, overlap=16, tta=True)
+    mean, std = conv.probability_with_uncertainty(image)
+    assert std.mean() > 1e-3 and np.all(std >= 0)
+    np.testing.assert_allclose(conv.probability(image), mean, atol=1e-6)
+
+
+def test_predictor_rejects_bad_settings():
+    with pytest.raises(NanosegError, match="multiple of 32"):
+        Predictor(passthrough_model(), tile=100)
+    with pytest.raises(NanosegError, match="overlap"):
+        Predictor(passthrough_model(), tile=64, overlap=64)
+
+
+def test_load_predictor_settings_and_uri(tmp_path, monkeypatch):
+    folder = save_model(passthrough_model(), tmp_path / "m",
+                        {"threshold": 0.3, "tile": 128, "postprocess": {"split": True, "min_distance_px": 7}})
+    pred, meta = load_predictor(folder, overlap=8, min_area_nm2=50.0)
+    assert (pred.tile, pred.overlap, meta["threshold"]) == (128, 8, 0.3)
+    assert meta["postprocess"]["split"] is True and meta["postprocess"]["min_area_nm2"] == 50.0
+    assert load_predictor(folder, threshold=0.7)[1]["threshold"] == 0.7
+
+    import nanoseg.tracking
+
+    monkeypatch.setattr(nanoseg.tracking, "download_model", lambda uri: folder)
+    assert load_predictor("models:/nanoseg@champion")[1]["model_ref"] == "models:/nanoseg@champion"
+    with pytest.raises(NanosegError, match="no such model folder"):
+        load_predictor(tmp_path / "nothing")
+
+
+def test_predict_command_contract(sem_crop, unet_folder, tmp_path):
+    image, _ = sem_crop
+    out = tmp_path / "pred"
+    assert predict_command(args([image], unet_folder, out, tta=True)) == 0
+    stem = image.stem
+    names = {p.name for p in out.iterdir()}
+    assert names == {f"{stem}_mask.png", f"{stem}_labels.tif", f"{stem}_overlay.png", f"{stem}_uncertainty.tif",
+                     "particles.csv", "summary.json", "psd.png"}
+    mask = np.asarray(Image.open(out / f"{stem}_mask.png"))
+    labels = tifffile.imread(out / f"{stem}_labels.tif")
+    assert mask.shape == labels.shape == (200, 300) and mask.dtype == np.uint8
+    assert set(np.unique(mask)) <= {0, 255} and labels.dtype in (np.uint16, np.uint32)
+    np.testing.assert_array_equal(mask > 0, labels > 0)
+    summary = json.loads((out / "summary.json").read_text())
+    row = summary["images"][0]["databar_row"]
+    assert 150 < row <= 170 and not mask[row:].any()
+    assert summary["unit"] == "nm" and summary["tta"] is True
+    assert np.asarray(Image.open(out / f"{stem}_overlay.png")).shape == (200, 300, 3)
+    assert tifffile.imread(out / f"{stem}_uncertainty.tif").shape == (200, 300)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def test_predict_command_particles_in_nm_and_px(sem_crop, tmp_path):
+    image, otsu = sem_crop
+    folder = save_model(passthrough_model(), tmp_path / "m",
+                        {"threshold": otsu, "postprocess": {"split": True, "min_distance_px": 5}})
+    out = tmp_path / "nm"
+    predict_command(args([image], folder, out))
+    table = pd.read_csv(out / "particles.csv")
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(table) > 5 and "ecd_nm" in table.columns and summary["n_particles"] == len(table)
+    labels = tifffile.imread(out / f"{image.stem}_labels.tif")
+    assert labels.max() == len(table)
+    assert summary["ecd_distribution"]["unit"] == "nm" and summary["n_measurable"] > 0
+
+    predict_command(args([image.with_name("nopx.tif")], folder, tmp_path / "px"))
+    table = pd.read_csv(tmp_path / "px" / "particles.csv")
+    summary = json.loads((tmp_path / "px" / "summary.json").read_text())
+    assert "ecd_px" in table.columns and "ecd_nm" not in table.columns
+    assert summary["unit"] == "px" and "px" in summary["unit_note"]
+
+
+def test_no_particles_gives_empty_table(sem_crop, tmp_path):
+    image, _ = sem_crop
+    folder = save_model(passthrough_model(), tmp_path / "m", {"threshold": 2.0})
+    predict_command(args([image], folder, tmp_path / "out"))
+    table = pd.read_csv(tmp_path / "out" / "particles.csv")
+    assert len(table) == 0 and "ecd_nm" in table.columns
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["n_particles"] == 0 and summary["ecd_distribution"]["median"] is None
+    assert (tmp_path / "out" / "psd.png").is_file()
+
+
+def test_overwrite_refusal_and_replace(sem_crop, tmp_path, capsys):
+    image, _ = sem_crop
+    folder = save_model(passthrough_model(), tmp_path / "m", {"threshold": 0.5})
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("old")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", str(image), "--model", str(folder), "--out", str(out)])
+    assert exit_info.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert (out / "keep.txt").is_file()
+    assert main(["predict", str(image), "--model", str(folder), "--out", str(out), "--overwrite"]) == 0
+    assert not (out / "keep.txt").exists() and (out / "summary.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "out"]
+
+
+def test_nonexistent_model_or_image(sem_crop, tmp_path):
+    image, _ = sem_crop
+    with pytest.raises(NanosegError, match="no such model folder"):
+        predict_command(args([image], tmp_path / "nomodel", tmp_path / "out"))
+    with pytest.raises(NanosegError, match="not found"):
+        predict_command(args([tmp_path / "missing.tif"], tmp_path / "nomodel", tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
