@@ -126,10 +126,10 @@ def test_load_predictor_settings_and_uri(tmp_path, monkeypatch):
 def test_predict_command_contract(sem_crop, unet_folder, tmp_path):
     image, _ = sem_crop
     out = tmp_path / "pred"
-    assert predict_command(args([image], unet_folder, out, tta=True)) == 0
+    assert predict_command(args([image], unet_folder, out)) == 0
     stem = image.stem
     names = {p.name for p in out.iterdir()}
-    assert names == {f"{stem}_mask.png", f"{stem}_labels.tif", f"{stem}_overlay.png", f"{stem}_uncertainty.tif",
+    assert names == {f"{stem}_mask.png", f"{stem}_labels.tif", f"{stem}_overlay.png",
                      "particles.csv", "summary.json", "psd.png"}
     mask = np.asarray(Image.open(out / f"{stem}_mask.png"))
     labels = tifffile.imread(out / f"{stem}_labels.tif")
@@ -139,9 +139,8 @@ def test_predict_command_contract(sem_crop, unet_folder, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     row = summary["images"][0]["databar_row"]
     assert 150 < row <= 170 and not mask[row:].any()
-    assert summary["unit"] == "nm" and summary["tta"] is True
+    assert summary["unit"] == "nm" and summary["tta"] is False
     assert np.asarray(Image.open(out / f"{stem}_overlay.png")).shape == (200, 300, 3)
-    assert tifffile.imread(out / f"{stem}_uncertainty.tif").shape == (200, 300)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
 
 
@@ -150,7 +149,9 @@ def test_predict_command_particles_in_nm_and_px(sem_crop, tmp_path):
     folder = save_model(passthrough_model(), tmp_path / "m",
                         {"threshold": otsu, "postprocess": {"split": True, "min_distance_px": 5}})
     out = tmp_path / "nm"
-    predict_command(args([image], folder, out))
+    predict_command(args([image], folder, out, tta=True))
+    uncertainty = tifffile.imread(out / f"{image.stem}_uncertainty.tif")
+    assert uncertainty.shape == (200, 300) and uncertainty.dtype == np.float32 and uncertainty.max() < 1e-5
     table = pd.read_csv(out / "particles.csv")
     summary = json.loads((out / "summary.json").read_text())
     assert len(table) > 5 and "ecd_nm" in table.columns and summary["n_particles"] == len(table)

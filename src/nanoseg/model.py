@@ -63,9 +63,10 @@ def _encoder(weights):
         resnet = keras.applications.ResNet50(
             include_top=False, weights=weights, input_shape=(None, None, 3)
         )
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # OSError/ValueError for bad files; a plain Exception for a failed download
+        what = "cannot download" if weights == "imagenet" else "cannot load"
         raise NanosegError(
-            f"{weights}: cannot load the ResNet50 weights ({exc}). {_HOW_TO_GET_WEIGHTS}"
+            f"{weights}: {what} the ResNet50 weights ({type(exc).__name__}: {exc}). {_HOW_TO_GET_WEIGHTS}"
         ) from None
     outputs = [resnet.get_layer(name).output for name in (BOTTLENECK, *SKIPS)]
     return keras.Model(resnet.input, outputs, name="encoder")
@@ -160,9 +161,10 @@ def configure_precision(mode="auto") -> str:
     "auto" picks bfloat16 on a GPU with compute capability >= 8 and on CPUs
     with native bf16 instructions (/proc/cpuinfo flag avx512_bf16 or amx_bf16),
     where oneDNN runs bf16 convolutions faster than float32. Elsewhere it keeps
-    float32: on an AVX2-only CPU (AMD EPYC, no AVX-512) the ResNet50 U-Net was
-    measured 2.4x slower in bf16 for inference (512x512 tile: 1.65 s vs 0.69 s)
-    and about 10x slower for a training step, because bf16 is emulated there;
+    float32: on an AVX2-only CPU (AMD EPYC, 2 cores, no AVX-512) the ResNet50
+    U-Net ran 1.7-2.4x slower in bf16 for inference (one 512x512 tile, runs
+    interleaved: 2.5-3.7 s vs 1.2-2.2 s; idle machine 1.65 s vs 0.69 s) and
+    several times slower for a training step, because bf16 is emulated there;
     with avx512f alone oneDNN also emulates bf16, so it is not counted as fast.
     Pass True to force bf16 (e.g. to check a bf16-trained model).
     """

@@ -1,8 +1,9 @@
 """Inference: probability maps for whole micrographs and the ``nanoseg predict`` command.
 
-:class:`Predictor` runs a Keras model through a traced ``tf.function`` (about
-twice as fast as ``model.predict``) over overlapping tiles
-(:func:`nanoseg.tiling.predict_tiled`), optionally with test-time augmentation
+:class:`Predictor` runs a Keras model through a traced ``tf.function`` (no
+per-call ``model.predict`` overhead) over overlapping tiles
+(:func:`nanoseg.tiling.predict_tiled`; images no bigger than a batch of tiles go
+through in one mirror-padded pass), optionally with test-time augmentation
 (the 8 flips/rotations of the dihedral group) whose spread is a per-pixel
 uncertainty. :func:`load_predictor` opens a saved model folder or an MLflow
 model URI with its inference settings. :func:`predict_command` segments images,
@@ -84,7 +85,7 @@ class Predictor:
         )
 
     def predict_batch(self, tiles: np.ndarray) -> np.ndarray:
-        """Model output (N, t, t, C) float32 for tiles (N, t, t, 1)."""
+        """Model output (N, h, w, C) float32 for tiles (N, h, w, 1)."""
         return self._forward(np.asarray(tiles, dtype=np.float32)).numpy()
 
     def _tile_for(self, shape) -> tuple[int, int]:
