@@ -22,7 +22,7 @@ from nanoseg.config import resolve
 from nanoseg.errors import NanosegError
 
 
-def _callbacks(keras, patience, max_minutes, log, epoch_offset=0, monitor="val_loss"):
+def _callbacks(keras, patience, max_minutes, log, epoch_offset=0, monitor="val_loss", label="training"):
     class TimeBudget(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
@@ -46,9 +46,16 @@ def _callbacks(keras, patience, max_minutes, log, epoch_offset=0, monitor="val_l
                 self.model.stop_training = True
 
     class Log(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.start = time.monotonic()
+
         def on_epoch_end(self, epoch, logs=None):
+            logs = {k: float(v) for k, v in (logs or {}).items()}
             if log:
-                log({k: float(v) for k, v in (logs or {}).items()}, epoch + epoch_offset)
+                log(logs, epoch + epoch_offset)
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "learning_rate")
+            print(f"  {label} epoch {epoch + 1}: {shown} ({(time.monotonic() - self.start) / 60:.1f} min)", flush=True)
 
     cbs = [TimeBudget(), NanGuard(), Log()]
     if patience:
@@ -127,7 +134,7 @@ def fit(train_images, train_masks, val_images, val_masks, params: dict, log=None
     model = build_compiled(params)
     max_minutes = max_minutes if max_minutes is not None else t.get("max_minutes_per_fold")
     cbs = _callbacks(keras, t.get("patience") if val is not None else None, max_minutes, log,
-                     monitor="val_loss")
+                     monitor="val_loss", label=label)
     start = time.monotonic()
     hist = model.fit(ds, epochs=int(epochs or t["epochs"]), steps_per_epoch=int(steps), validation_data=val,
                      validation_freq=int(t.get("val_every", 1)), callbacks=cbs, verbose=0)
