@@ -1,6 +1,7 @@
 """K-fold cross-validation, tracked in MLflow, resumable.
 
-One MLflow parent run (``cv-<variant>-<profile>``) with a nested run per fold
+One MLflow parent run (``cv-<label>-<profile>``, label ``paper`` or
+``instance-<head>``, tags ``variant`` and ``instance_head``) with a nested run per fold
 (``fold-<k>``): parameters, per-epoch loss/Dice, the fold's model, learning
 curves and overlays. Each finished fold leaves ``cv/fold_<k>/result.json`` and
 its validation probability maps; a re-run with the same settings and data
@@ -65,6 +66,21 @@ def variant_params(params: dict) -> dict:
     return out
 
 
+def run_label(params: dict) -> str:
+    """``paper`` or ``instance-<head>``: names runs so both variants and both heads compare side by side."""
+    if params["model"].get("variant") == "instance":
+        return f"instance-{instance_settings(params)['head']}"
+    return params["model"].get("variant", "paper")
+
+
+def variant_tags(params: dict) -> dict:
+    """MLflow tags ``variant`` (and ``instance_head`` for the instance variant)."""
+    tags = {"variant": params["model"].get("variant", "paper")}
+    if tags["variant"] == "instance":
+        tags["instance_head"] = instance_settings(params)["head"]
+    return tags
+
+
 def run_fold(k: int, fold: dict, manifest, params: dict, fold_dir: Path, key: str) -> dict:
     """Train and validate fold ``k`` inside a nested MLflow run; write ``result.json``."""
     import keras
@@ -79,7 +95,7 @@ def run_fold(k: int, fold: dict, manifest, params: dict, fold_dir: Path, key: st
     tr_img, tr_mask = load_rows(manifest, fold["train"], root)
     va_img, va_mask = load_rows(manifest, fold["val"], root)
     fold_dir.mkdir(parents=True, exist_ok=True)
-    tags = {"stage": "cv", "fold": str(k), "variant": params["model"]["variant"], "profile": params["profile"]}
+    tags = {"stage": "cv", "fold": str(k), **variant_tags(params), "profile": params["profile"]}
     with tracking.start_run(f"fold-{k}", nested=True, tags=tags,
                             params={"fold": k, "variant": params["model"]["variant"], "n_train": len(tr_img),
                                     "n_val": len(va_img), **variant_params(params)}) as run:
@@ -179,8 +195,8 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
     if tracking.run_status(parent_id) is None:
         parent_id = None
     variant = params["model"]["variant"]
-    name = f"cv-{variant}-{params['profile']}"
-    tags = {"stage": "cv", "variant": variant, "profile": params["profile"], "config_key": key}
+    name = f"cv-{run_label(params)}-{params['profile']}"
+    tags = {"stage": "cv", **variant_tags(params), "profile": params["profile"], "config_key": key}
     with tracking.start_run(name, tags=tags, run_id=parent_id,
                             params=None if parent_id else {**variant_params(params), "prepare": params["prepare"],
                                                            "variant": variant, "profile": params["profile"]}) as parent:
@@ -227,7 +243,8 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
         summary = summarize_folds(per_fold)
         stats = {n: {"mean": summary[n]["mean"], "std": summary[n]["std"]} for n in PIXEL_METRICS}
         bars = metric_bars(stats, resolve(params, "plots/cv_summary/metrics_mean_std.png"), list(PIXEL_METRICS),
-                           title=f"{len(folds)}-fold CV ({variant}, {params['profile']} profile)", reference=PAPER)
+                           title=f"{len(folds)}-fold CV ({run_label(params)}, {params['profile']} profile)",
+                           reference=PAPER)
         tracking.log_artifact(bars, "plots")
         best_epochs = [r["best_epoch"] for r in results]
         cv = {

@@ -2,7 +2,7 @@
 
 Writes ``models/final/`` (model.keras + nanoseg.json with the CV-chosen threshold
 and post-processing settings; a DVC-cached output, not in git) and logs it to
-MLflow as run ``train-<variant>-<profile>``. The instance variant's model also
+MLflow as run ``train-<label>-<profile>`` (label ``paper`` or ``instance-<head>``). The instance variant's model also
 records its ``instance`` settings (head, loss) and the decoder chosen in CV.
 """
 
@@ -18,7 +18,7 @@ OUT = "models/final"
 
 def command(args=None) -> int:
     from nanoseg import tracking
-    from nanoseg.crossval import variant_params
+    from nanoseg.crossval import run_label, variant_params, variant_tags
     from nanoseg.model import save_model
     from nanoseg.plots import learning_curves
     from nanoseg.targets import instance_settings
@@ -39,8 +39,8 @@ def command(args=None) -> int:
                            f"(decoder {decoder!r}, settings ask for {wanted!r}); run `dvc repro cv` again.")
     images, masks = load_rows(manifest, split["train"], params["_root"])
     tracking.setup(params=params)
-    tags = {"stage": "train", "variant": variant, "profile": params["profile"]}
-    with tracking.start_run(f"train-{variant}-{params['profile']}", tags=tags,
+    tags = {"stage": "train", **variant_tags(params), "profile": params["profile"]}
+    with tracking.start_run(f"train-{run_label(params)}-{params['profile']}", tags=tags,
                             params={"variant": variant, "epochs_from_cv": epochs, "n_train": len(images),
                                     **variant_params(params)}) as run:
         model, history, info = fit(images, masks, None, None, params, log=tracking.log_metrics, epochs=epochs,
