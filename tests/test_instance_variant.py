@@ -59,6 +59,18 @@ def test_decoding_the_targets_of_a_real_mask_recovers_its_particles(bam_dir, hea
     assert scores["f1_50"] > 0.85 and scores["f1_75"] > 0.8, scores
 
 
+def test_score_uses_the_foreground_probability_of_instance_outputs():
+    from nanoseg.evaluation import score, segment
+
+    mask, _ = _chain(3)
+    outputs = _synthetic_outputs(mask)
+    labels = segment(outputs["fg_distance"], 0.5, {"min_area_nm2": 0.0})[1]
+    scored = score([mask], [outputs["fg_distance"]], [labels], threshold=0.5)
+    assert scored["dice"] > 0.9 and scored["f1_50"] == pytest.approx(1.0) and scored["n_pred"] == 3
+    c3 = score([mask], [outputs["classes3"]], [segment(outputs["classes3"], 0.5, {"min_area_nm2": 0.0})[1]])
+    assert c3["dice"] > 0.9 and c3["f1_50"] == pytest.approx(1.0)
+
+
 def _bam_cut(bam_dir, k, rows=128, cols=192):
     from nanoseg.micrograph import read_image_array, read_micrograph
 
