@@ -52,3 +52,73 @@ def test_get_loss():
     assert get_loss("dice") is dice_loss
     with pytest.raises(NanosegError, match="train.loss"):
         get_loss("focal")
+
+
+# ----------------------------------------------------------------------------- instance variant
+
+
+def _classes3_batch():
+    from nanoseg.targets import make_targets
+
+    mask = np.zeros((16, 16), bool)
+    mask[2:14, 2:8] = mask[2:14, 9:14] = True  # two blocks apart by a 1-px line (column 8)
+    onehot = make_targets(mask, "classes3")
+    return onehot[None], mask
+
+
+def test_classes3_loss_weights_make_boundary_errors_cost_more():
+    from nanoseg.losses import InstanceLoss, classes3_loss
+
+    onehot, _ = _classes3_batch()
+    good = 0.9 * onehot + 0.1 / 3
+    bad_boundary = good.copy()
+    b = onehot[..., 2] == 1
+    bad_boundary[b] = [0.1, 0.8, 0.1]  # boundary pixels predicted interior
+    ones = np.ones(onehot.shape[:-1] + (1,), np.float32)
+    heavy = np.where(b[..., None], 10.0, 1.0).astype(np.float32)
+    plain = f(classes3_loss(np.concatenate([onehot, ones], -1), bad_boundary))
+    weighted = f(classes3_loss(np.concatenate([onehot, heavy], -1), bad_boundary))
+    assert f(classes3_loss(np.concatenate([onehot, ones], -1), good)) < plain < weighted
+    # weights count: the cross-entropy part is sum(w * ce) / n
+    ce = -np.sum(onehot * np.log(bad_boundary), -1)
+    assert weighted - plain == pytest.approx(float(((heavy[..., 0] - 1) * ce).mean()), rel=1e-4)
+    # without a weight channel every pixel weighs 1
+    assert f(classes3_loss(onehot, bad_boundary)) == pytest.approx(plain, rel=1e-6)
+    loss = InstanceLoss("classes3")
+    assert f(loss(np.concatenate([onehot, ones], -1), bad_boundary)) == pytest.approx(plain, rel=1e-5)
+
+
+def test_fg_distance_loss_and_config():
+    from nanoseg.losses import InstanceLoss, dice_loss, fg_distance_loss
+
+    t = np.zeros((1, 4, 4, 3), np.float32)
+    t[..., 0, :2, 0] = 1.0
+    t[..., 1] = t[..., 0] * 0.5
+    t[..., 2] = 1.0
+    p = np.stack([np.full((1, 4, 4), 0.5), np.zeros((1, 4, 4))], -1).astype(np.float32)
+    bce = np.log(2.0)
+    mse = (0.5**2 * 2) / 16
+    expected = bce + f(dice_loss(t[..., 0], p[..., 0])) + 3.0 * mse
+    assert f(fg_distance_loss(t, p, distance_weight=3.0)) == pytest.approx(expected, rel=1e-5)
+    loss = InstanceLoss("fg_distance", distance_weight=3.0)
+    assert f(loss(t, p)) == pytest.approx(expected, rel=1e-5)
+    again = InstanceLoss.from_config(loss.get_config())
+    assert again.head == "fg_distance" and again.distance_weight == 3.0
+    with pytest.raises(NanosegError, match="head"):
+        InstanceLoss("unet3")
+
+
+def test_instance_losses_and_metrics_are_float32_under_bfloat16():
+    from nanoseg.losses import classes3_loss, fg_distance_loss, instance_training_metrics
+
+    onehot, _ = _classes3_batch()
+    t = keras.ops.cast(np.concatenate([onehot, np.ones_like(onehot[..., :1])], -1), "bfloat16")
+    p = keras.ops.cast(0.8 * onehot + 0.2 / 3, "bfloat16")
+    assert keras.backend.standardize_dtype(classes3_loss(t, p).dtype) == "float32"
+    assert keras.backend.standardize_dtype(fg_distance_loss(t[..., 1:], p[..., 1:]).dtype) == "float32"
+    names = [m.name for m in instance_training_metrics("classes3")]
+    assert names == ["dice_coefficient", "boundary_dice"]
+    fg_dice = instance_training_metrics("classes3")[0]
+    fg_dice.update_state(np.concatenate([onehot, np.ones_like(onehot[..., :1])], -1), onehot)
+    assert f(fg_dice.result()) == pytest.approx(1.0)
+    assert [m.name for m in instance_training_metrics("fg_distance")] == ["dice_coefficient", "distance_mae"]

@@ -91,3 +91,84 @@ def test_tune_split_params_prefers_splitting_touching_pairs():
                                                              "min_distance_px": [5, 9]})
     assert best["split"] is True and best["f1_50"] == pytest.approx(1.0)
     assert len(best["scores"]) == 3  # split=False is evaluated once
+
+
+# ----------------------------------------------------------------------------- instance variant decoding
+
+
+def _chain(n=4, radius=11, shape=(48, 200)):
+    """n discs in a row, each overlapping the next, cut apart by 1-px background lines (BAM style)."""
+    from nanoseg.targets import instance_labels
+
+    step = 2 * radius - 4
+    centers = [(shape[0] // 2, 14 + i * step) for i in range(n)]
+    mask = _discs(shape, centers, radius)
+    for i in range(n - 1):
+        mask[:, centers[i][1] + step // 2] = False
+    assert instance_labels(mask).max() == n
+    return mask, centers
+
+
+def _synthetic_outputs(mask):
+    """What a well-trained model of each head would output, with the lines *filled* in the foreground."""
+    from scipy import ndimage as ndi
+
+    from nanoseg.targets import make_targets, normalized_distance
+
+    c3 = ndi.gaussian_filter(make_targets(mask, "classes3"), (1, 1, 0))
+    c3 /= c3.sum(-1, keepdims=True)
+    filled = ndi.binary_closing(mask, np.ones((1, 3), bool))  # the separating lines filled in
+    fd = np.stack([ndi.gaussian_filter(filled.astype(np.float32), 0.7),
+                   ndi.gaussian_filter(normalized_distance(mask), 1.0)], -1)
+    return {"classes3": c3.astype(np.float32), "fg_distance": np.clip(fd, 0, 1).astype(np.float32)}
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_decode_instances_separates_touching_discs(n):
+    from nanoseg.metrics import instance_metrics
+
+    mask, centers = _chain(n)
+    for decoder, prob in _synthetic_outputs(mask).items():
+        labels = postprocess.decode_instances(prob, 0.5, marker_threshold=0.5, min_marker_px=3)
+        assert labels.dtype == np.int32 and labels.max() == n, decoder
+        assert len({labels[c] for c in centers}) == n and 0 not in {labels[c] for c in centers}
+        # the result follows the BAM convention: instances are the 4-connected components of the mask
+        assert postprocess.label_instances(labels > 0).max() == n
+        assert instance_metrics(mask, labels)["f1_50"] == pytest.approx(1.0)
+    with pytest.raises(NanosegError, match="decoder"):
+        postprocess.decode_instances(_synthetic_outputs(mask)["classes3"], decoder="fg_distance")
+    with pytest.raises(NanosegError, match="instance-variant"):
+        postprocess.decode_instances(mask.astype(np.float32))
+
+
+def test_separate_touching_cuts_one_px_lines():
+    labels = np.zeros((5, 8), np.int32)
+    labels[:, :4], labels[:, 4:7] = 1, 2
+    out = postprocess.separate_touching(labels)
+    assert not out[:, 3].any() and (out[:, :3] == 1).all() and (out[:, 4:7] == 2).all()
+    assert postprocess.label_instances(out > 0).max() == 2
+
+
+def test_foreground_probability():
+    p = np.random.default_rng(0).random((4, 5, 3)).astype(np.float32)
+    np.testing.assert_allclose(postprocess.foreground_probability(p), 1 - p[..., 0])
+    np.testing.assert_array_equal(postprocess.foreground_probability(p[..., :2]), p[..., 0])
+    np.testing.assert_array_equal(postprocess.foreground_probability(p[..., 1]), p[..., 1])
+    with pytest.raises(NanosegError, match="shape"):
+        postprocess.foreground_probability(np.zeros((2, 2, 5)))
+
+
+def test_tune_instance_params_and_segment_use_the_decoder():
+    from nanoseg.evaluation import segment, truth_labels
+
+    mask, _ = _chain(4)
+    for decoder, prob in _synthetic_outputs(mask).items():
+        best = postprocess.tune_instance_params([prob], [truth_labels(mask)], decoder=decoder,
+                                                grid={"marker_threshold": [0.05, 0.5], "min_marker_px": [0, 3]})
+        assert best["f1_50"] == pytest.approx(1.0) and best["marker_threshold"] == 0.5
+        assert len(best["scores"]) == 4
+        post = {"decoder": decoder, "marker_threshold": 0.5, "min_marker_px": 3, "min_area_nm2": 0.0}
+        seg_mask, labels = segment(prob, 0.5, post)
+        assert labels.max() == 4 and np.array_equal(seg_mask, labels > 0)
+    with pytest.raises(NanosegError, match="unknown grid keys"):
+        postprocess.tune_instance_params([prob], [mask], grid={"split": [True]})

@@ -1,13 +1,17 @@
 """K-fold cross-validation, tracked in MLflow, resumable.
 
-One MLflow parent run (``cv-<variant>-<profile>``) with a nested run per fold
+One MLflow parent run (``cv-<label>-<profile>``, label ``paper`` or
+``instance-<head>``, tags ``variant`` and ``instance_head``) with a nested run per fold
 (``fold-<k>``): parameters, per-epoch loss/Dice, the fold's model, learning
 curves and overlays. Each finished fold leaves ``cv/fold_<k>/result.json`` and
 its validation probability maps; a re-run with the same settings and data
 (same ``config_key``) skips finished folds and continues under the same parent
 run. The decision threshold is chosen on the pooled validation predictions of
 all folds (never on test images) and the 7 pixel metrics are reported per fold
-and as mean ± std.
+and as mean ± std. The instance variant (``model.variant: instance``) trains on
+targets derived from the masks (:mod:`nanoseg.targets`); its pixel metrics use
+the foreground probability and its decoder settings (marker threshold, minimum
+marker size) are chosen on the pooled validation predictions too.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import numpy as np
 
 from nanoseg.config import resolve
 from nanoseg.dataset import load_rows
+from nanoseg.postprocess import foreground_probability
+from nanoseg.targets import instance_settings
 
 PAPER = {"dice": 0.940, "iou": 0.887, "accuracy": 0.993}  # Sanan & Isaac, mean over folds
 
@@ -30,6 +36,8 @@ PAPER = {"dice": 0.940, "iou": 0.887, "accuracy": 0.993}  # Sanan & Isaac, mean 
 def config_key(params: dict, manifest, split: dict) -> str:
     """A hash of everything a fold's result depends on."""
     keep = {k: params[k] for k in ("model", "train", "data") if k in params}
+    if params["model"].get("variant") == "instance":  # the paper variant's key ignores instance settings
+        keep["instance"] = instance_settings(params)
     keep["predict"] = {k: params["predict"][k] for k in ("tile", "overlap")}
     blob = json.dumps([keep, split, sorted(manifest["image_sha256"])], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -50,6 +58,29 @@ def predict_images(model, images, params: dict) -> list[np.ndarray]:
     return [predictor.probability(im) for im in images]
 
 
+def variant_params(params: dict) -> dict:
+    """What to log as run parameters: ``model`` and ``train``, plus ``instance`` for the instance variant."""
+    out = {"train": params["train"], "model": params["model"]}
+    if params["model"].get("variant") == "instance":
+        out["instance"] = instance_settings(params)
+    return out
+
+
+def run_label(params: dict) -> str:
+    """``paper`` or ``instance-<head>``: names runs so both variants and both heads compare side by side."""
+    if params["model"].get("variant") == "instance":
+        return f"instance-{instance_settings(params)['head']}"
+    return params["model"].get("variant", "paper")
+
+
+def variant_tags(params: dict) -> dict:
+    """MLflow tags ``variant`` (and ``instance_head`` for the instance variant)."""
+    tags = {"variant": params["model"].get("variant", "paper")}
+    if tags["variant"] == "instance":
+        tags["instance_head"] = instance_settings(params)["head"]
+    return tags
+
+
 def run_fold(k: int, fold: dict, manifest, params: dict, fold_dir: Path, key: str) -> dict:
     """Train and validate fold ``k`` inside a nested MLflow run; write ``result.json``."""
     import keras
@@ -64,14 +95,14 @@ def run_fold(k: int, fold: dict, manifest, params: dict, fold_dir: Path, key: st
     tr_img, tr_mask = load_rows(manifest, fold["train"], root)
     va_img, va_mask = load_rows(manifest, fold["val"], root)
     fold_dir.mkdir(parents=True, exist_ok=True)
-    tags = {"stage": "cv", "fold": str(k), "variant": params["model"]["variant"], "profile": params["profile"]}
+    tags = {"stage": "cv", "fold": str(k), **variant_tags(params), "profile": params["profile"]}
     with tracking.start_run(f"fold-{k}", nested=True, tags=tags,
                             params={"fold": k, "variant": params["model"]["variant"], "n_train": len(tr_img),
-                                    "n_val": len(va_img), "train": params["train"], "model": params["model"]}) as run:
+                                    "n_val": len(va_img), **variant_params(params)}) as run:
         model, history, info = fit(tr_img, tr_mask, va_img, va_mask, params, log=tracking.log_metrics,
                                    label=f"fold {k}")
         probs = predict_images(model, va_img, params)
-        metrics = pixel_metrics(va_mask, probs, threshold=0.5)
+        metrics = pixel_metrics(va_mask, [foreground_probability(p) for p in probs], threshold=0.5)
         tracking.log_metrics({f"val_{m}_at_0.5": v for m, v in metrics.items()})
         tracking.log_metrics({"best_epoch": info["best_epoch"], "epochs_run": info["epochs_run"],
                               "train_seconds": info["seconds"]})
@@ -79,8 +110,10 @@ def run_fold(k: int, fold: dict, manifest, params: dict, fold_dir: Path, key: st
         curve = learning_curves(history, fold_dir / "learning_curves.png", title=f"fold {k}")
         tracking.log_artifact(curve, "plots")
         with tempfile.TemporaryDirectory() as tmp:
-            folder = save_model(model, Path(tmp) / "model", {"variant": params["model"]["variant"], "fold": k,
-                                                            "threshold": 0.5, **info})
+            meta = {"variant": params["model"]["variant"], "fold": k, "threshold": 0.5, **info}
+            if params["model"]["variant"] == "instance":
+                meta["instance"] = instance_settings(params)
+            folder = save_model(model, Path(tmp) / "model", meta)
             tracking.log_artifact(folder, "model")
         np.savez_compressed(fold_dir / "val_probs.npz", **{s: p.astype(np.float16) for s, p in zip(fold["val"], probs)})
         result = {"fold": k, "key": key, "run_id": run.info.run_id, "val": fold["val"], **info,
@@ -97,10 +130,13 @@ INSTANCE_KEYS = ("f1_50", "f1_75", "pq", "median_ecd_rel_error", "ecd_wasserstei
 
 def choose_postprocess(truths, probs, threshold: float, params: dict, pixel_size_nm) -> dict:
     """Instance post-processing settings (split or not, seed distance) that maximise instance F1@0.5
-    on the pooled validation predictions — validation folds only, never test images."""
+    on the pooled validation predictions — validation folds only, never test images.
+    Instance-variant outputs go to :func:`choose_instance_postprocess`."""
     from nanoseg.evaluation import min_area_px, truth_labels
     from nanoseg.postprocess import tune_split_params
 
+    if params["model"].get("variant") == "instance":
+        return choose_instance_postprocess(truths, probs, threshold, params, pixel_size_nm)
     post = dict(params.get("postprocess", {}))
     area = min_area_px(post, pixel_size_nm)
     grid = {"threshold": [threshold], "opening_radius": [int(post.get("opening_radius", 1))],
@@ -109,6 +145,25 @@ def choose_postprocess(truths, probs, threshold: float, params: dict, pixel_size
     best = tune_split_params(probs, [truth_labels(t) for t in truths], grid)
     return {"opening_radius": int(post.get("opening_radius", 1)), "min_area_nm2": float(post.get("min_area_nm2", 0)),
             "split": bool(best["split"]), "min_distance_px": int(best["min_distance_px"]),
+            "val_f1_50": float(best["f1_50"])}
+
+
+def choose_instance_postprocess(truths, probs, threshold: float, params: dict, pixel_size_nm) -> dict:
+    """Decoder settings of the instance variant (marker threshold, minimum marker size) that maximise
+    instance F1@0.5 on the pooled validation predictions (grids ``instance.marker_grid`` and
+    ``instance.min_marker_grid``) — validation folds only, never test images."""
+    from nanoseg.evaluation import min_area_px, truth_labels
+    from nanoseg.postprocess import tune_instance_params
+
+    post = dict(params.get("postprocess", {}))
+    inst = instance_settings(params)
+    radius = int(post.get("opening_radius", 1))
+    grid = {"threshold": [threshold], "opening_radius": [radius], "min_area_px": [min_area_px(post, pixel_size_nm)],
+            "marker_threshold": [float(v) for v in inst["marker_grid"]],
+            "min_marker_px": [int(v) for v in inst["min_marker_grid"]]}
+    best = tune_instance_params(probs, [truth_labels(t) for t in truths], grid, decoder=inst["head"])
+    return {"decoder": inst["head"], "opening_radius": radius, "min_area_nm2": float(post.get("min_area_nm2", 0)),
+            "marker_threshold": float(best["marker_threshold"]), "min_marker_px": int(best["min_marker_px"]),
             "val_f1_50": float(best["f1_50"])}
 
 
@@ -140,10 +195,10 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
     if tracking.run_status(parent_id) is None:
         parent_id = None
     variant = params["model"]["variant"]
-    name = f"cv-{variant}-{params['profile']}"
-    tags = {"stage": "cv", "variant": variant, "profile": params["profile"], "config_key": key}
+    name = f"cv-{run_label(params)}-{params['profile']}"
+    tags = {"stage": "cv", **variant_tags(params), "profile": params["profile"], "config_key": key}
     with tracking.start_run(name, tags=tags, run_id=parent_id,
-                            params=None if parent_id else {**{k: params[k] for k in ("model", "train", "prepare")},
+                            params=None if parent_id else {**variant_params(params), "prepare": params["prepare"],
                                                            "variant": variant, "profile": params["profile"]}) as parent:
         _write_json(state_file, {"key": key, "parent_run_id": parent.info.run_id})
         results = []
@@ -167,7 +222,7 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
             per_fold_data.append((images, masks, p))
             truths += masks
             probs += p
-        threshold = float(choose_threshold(truths, probs))
+        threshold = float(choose_threshold(truths, [foreground_probability(p) for p in probs]))
         plots_dir = resolve(params, "plots/cv")
         plots_dir.mkdir(parents=True, exist_ok=True)
         for k in range(len(folds)):
@@ -188,7 +243,8 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
         summary = summarize_folds(per_fold)
         stats = {n: {"mean": summary[n]["mean"], "std": summary[n]["std"]} for n in PIXEL_METRICS}
         bars = metric_bars(stats, resolve(params, "plots/cv_summary/metrics_mean_std.png"), list(PIXEL_METRICS),
-                           title=f"{len(folds)}-fold CV ({variant}, {params['profile']} profile)", reference=PAPER)
+                           title=f"{len(folds)}-fold CV ({run_label(params)}, {params['profile']} profile)",
+                           reference=PAPER)
         tracking.log_artifact(bars, "plots")
         best_epochs = [r["best_epoch"] for r in results]
         cv = {

@@ -5,7 +5,9 @@ pixel metrics (the paper's seven) and instance/size metrics against the
 manual masks, whose 4-connected components are the ground-truth particles
 (measurable particles: the BAM ``*_cm.tif`` masks). The classical baselines
 (Otsu + morphology, with and without a distance-transform watershed) run
-through the same scoring code.
+through the same scoring code. Instance-variant outputs (H, W, C) are decoded
+by :func:`nanoseg.postprocess.decode_instances`; their pixel metrics use the
+foreground probability (:func:`nanoseg.postprocess.foreground_probability`).
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from __future__ import annotations
 import numpy as np
 
 from nanoseg.metrics import instance_metrics, pixel_metrics
-from nanoseg.postprocess import baseline_instances, binarize, clean_mask, label_instances, remove_small_instances
+from nanoseg.postprocess import (DECODERS, baseline_instances, binarize, clean_mask, decode_instances,
+                                  foreground_probability, label_instances, remove_small_instances)
 
 DEFAULT_POST = {"opening_radius": 1, "min_area_nm2": 200.0, "split": False, "min_distance_px": 5}
+INSTANCE_POST = {"marker_threshold": 0.5, "min_marker_px": 0}
 
 
 def min_area_px(post: dict, pixel_size_nm: float | None) -> int:
@@ -26,9 +30,22 @@ def min_area_px(post: dict, pixel_size_nm: float | None) -> int:
 
 
 def segment(prob: np.ndarray, threshold: float, post: dict, pixel_size_nm: float | None = None):
-    """Probability map -> (mask, instance labels) with the stored post-processing settings."""
+    """Probability map -> (mask, instance labels) with the stored post-processing settings.
+
+    A paper-variant map (H, W) is thresholded, cleaned and labelled (optionally
+    split by a distance watershed); an instance-variant output (H, W, 2 or 3)
+    is decoded with ``post["decoder"]`` (default: by its channel count),
+    ``marker_threshold`` and ``min_marker_px``.
+    """
     post = {**DEFAULT_POST, **(post or {})}
     area = min_area_px(post, pixel_size_nm)
+    prob = np.asarray(prob)
+    if prob.ndim == 3 and prob.shape[-1] in DECODERS:
+        post = {**INSTANCE_POST, **post}
+        labels = decode_instances(prob, threshold, post.get("decoder"), float(post["marker_threshold"]),
+                                  int(post["min_marker_px"]), int(post["opening_radius"]), area)
+        return labels > 0, labels
+    prob = foreground_probability(prob)
     mask = clean_mask(binarize(prob, threshold), min_area_px=area, opening_radius=int(post["opening_radius"]))
     labels = label_instances(mask, split=bool(post["split"]), min_distance_px=int(post["min_distance_px"]))
     labels = remove_small_instances(labels, area)
@@ -48,12 +65,13 @@ def score(truths, probs, labels_list, pixel_size_nm=None, class_masks=None, thre
     Parameters
     ----------
     truths : list of bool arrays (manual masks, cropped to the sample area)
-    probs : list of float arrays (probability maps or bool masks)
+    probs : list of float arrays (probability maps or bool masks; instance-variant
+        outputs (H, W, C) are scored by their foreground probability)
     labels_list : list of int arrays (predicted instances)
     class_masks : list of arrays or None
         Ground-truth measurable particles; predicted measurable = not touching the border.
     """
-    out = pixel_metrics(truths, probs, threshold=threshold)
+    out = pixel_metrics(truths, [foreground_probability(p) for p in probs], threshold=threshold)
     gts = [truth_labels(t) for t in truths]
     gm = [cm for cm in class_masks] if class_masks is not None else None
     pm = ["border"] * len(gts) if class_masks is not None else None

@@ -18,8 +18,11 @@ Layers (``H, W`` divisible by 32; ``f = decoder_filters``)::
     decoder      level i = 1..5: Conv2DTranspose(f[i-1], 2x2, stride 2)
                  -> concatenate with skip i (level 5, full resolution: the
                  input image) -> 2 x (Conv2D 3x3 -> BatchNorm -> ReLU), f[i-1] filters
-    head         Conv2D 1x1 (out_channels) -> sigmoid (softmax for "instance"),
-                 computed in float32 even under mixed_bfloat16
+    head         Conv2D 1x1 (out_channels) -> sigmoid ("paper", 1 channel; "instance"
+                 with head "fg_distance", 2 channels: foreground, normalised
+                 distance) or softmax ("instance" with head "classes3", 3
+                 channels: background, interior, separating boundary; see
+                 :mod:`nanoseg.targets`), computed in float32 even under mixed_bfloat16
 
 Callers and the served model pass raw images in [0, 1]; no preprocessing
 outside. The preprocessing uses built-in layers only, so a saved model loads
@@ -43,6 +46,7 @@ SKIPS = ("conv4_block6_out", "conv3_block4_out", "conv2_block3_out", "conv1_relu
 BOTTLENECK = "conv5_block3_out"
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
 VARIANTS = ("paper", "instance")
+HEADS = {"classes3": (3, "softmax"), "fg_distance": (2, "sigmoid")}  # instance head: channels, activation
 MODEL_FILE = "model.keras"
 METADATA_FILE = "nanoseg.json"
 _HOW_TO_GET_WEIGHTS = (
@@ -79,15 +83,14 @@ def _conv_bn_relu(x, filters, name):
 
 
 def build_unet(variant="paper", weights=None, decoder_filters=(256, 128, 64, 32, 16),
-               input_shape=(None, None, 1), out_channels=1) -> keras.Model:
+               input_shape=(None, None, 1), out_channels=1, head=None) -> keras.Model:
     """Build the ResNet50 U-Net.
 
     Parameters
     ----------
     variant : {"paper", "instance"}
-        "paper": one sigmoid channel (particle probability). "instance" (reserved
-        for a 3-class background/interior/boundary model): softmax over
-        ``out_channels`` (3 when given as 1).
+        "paper": one sigmoid channel (particle probability). "instance": the
+        outputs of ``head``.
     weights : None, "imagenet" or path
         Encoder weights: None (random, tests), a ``.weights.h5`` file for
         ``ResNet50(include_top=False)`` (already resolved by the caller), or
@@ -97,7 +100,11 @@ def build_unet(variant="paper", weights=None, decoder_filters=(256, 128, 64, 32,
     input_shape : tuple
         (H, W, 1); H and W None or divisible by 32.
     out_channels : int
-        Output channels.
+        Output channels of the paper variant (instance heads set their own).
+    head : {"classes3", "fg_distance"}, optional
+        Instance variant only (default "classes3"): "classes3" softmax over
+        background / interior / boundary; "fg_distance" two sigmoid channels,
+        foreground probability and normalised distance to the particle outline.
 
     Returns
     -------
@@ -113,8 +120,13 @@ def build_unet(variant="paper", weights=None, decoder_filters=(256, 128, 64, 32,
         raise NanosegError(
             f"model.decoder_filters must be 5 positive integers (1/16 ... full resolution), got {decoder_filters}."
         )
-    if variant == "instance" and out_channels == 1:
-        out_channels = 3
+    act = "sigmoid"
+    if variant == "instance":
+        head = head or "classes3"
+        if head not in HEADS:
+            raise NanosegError(f"instance head {head!r} is unknown; use one of {tuple(HEADS)} "
+                               "(params.yaml instance.head).")
+        out_channels, act = HEADS[head]
     image = keras.Input(shape=tuple(input_shape), name="image")
     x = layers.Concatenate(name="gray_to_rgb", dtype="float32")([image, image, image])
     x = layers.Rescaling(255.0, offset=[-m for m in IMAGENET_BGR_MEAN], name="preprocess", dtype="float32")(x)
@@ -125,7 +137,6 @@ def build_unet(variant="paper", weights=None, decoder_filters=(256, 128, 64, 32,
         x = _conv_bn_relu(x, filters, f"dec{level}a")
         x = _conv_bn_relu(x, filters, f"dec{level}b")
     x = layers.Conv2D(out_channels, 1, name="head", dtype="float32")(x)
-    act = "sigmoid" if variant == "paper" else "softmax"
     out = layers.Activation(act, name="probability", dtype="float32")(x)
     return keras.Model(image, out, name=f"nanoseg_unet_{variant}")
 

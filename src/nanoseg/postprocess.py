@@ -5,6 +5,13 @@ Pipeline: :func:`binarize` -> :func:`clean_mask` -> :func:`label_instances`
 -> :func:`remove_small_instances`. The classical baseline (:func:`otsu_mask`,
 :func:`baseline_instances`) uses the same steps on an Otsu-thresholded image.
 
+Instance-variant outputs (multi-channel maps, :mod:`nanoseg.targets`) are
+decoded by :func:`decode_instances`: markers from the interior probability
+(``classes3``) or the normalised distance (``fg_distance``), a marker-controlled
+watershed restricted to the foreground, then 1-px lines cut between touching
+instances (:func:`separate_touching`); :func:`tune_instance_params` chooses its
+settings on validation data.
+
 Conventions: foreground is ``prob >= threshold``; instances are the
 **4-connected** components of the foreground, as in the BAM manual masks, where
 touching particles are separated by 1-px background lines (which may be only
@@ -24,6 +31,10 @@ from nanoseg.errors import NanosegError
 
 #: Default search grid for :func:`tune_split_params`.
 SPLIT_GRID = {"split": [False, True], "min_distance_px": [3, 5, 7, 9, 12, 15]}
+#: Default search grid for :func:`tune_instance_params`.
+INSTANCE_GRID = {"marker_threshold": [0.3, 0.4, 0.5, 0.6, 0.7], "min_marker_px": [0, 5, 15]}
+#: Instance decoders by the channel count of the model output.
+DECODERS = {3: "classes3", 2: "fg_distance"}
 
 
 def binarize(prob, threshold=0.5):
@@ -251,3 +262,156 @@ def tune_split_params(masks, gt_labels_list, grid=None):
     best = max(scores, key=lambda s: -np.inf if np.isnan(s["f1_50"]) else s["f1_50"])
     out = {**best, "scores": scores}
     return out
+
+
+# ----------------------------------------------------------------------------- instance variant
+
+
+def foreground_probability(prob):
+    """The particle probability of a model output.
+
+    (H, W) maps are returned as they are; (H, W, 1) -> channel 0; ``classes3``
+    (H, W, 3: background, interior, boundary) -> ``1 - background`` (the
+    separating lines count as foreground there); ``fg_distance`` (H, W, 2) ->
+    channel 0.
+    """
+    prob = np.asarray(prob)
+    if prob.ndim == 2:
+        return prob
+    if prob.ndim == 3 and prob.shape[-1] in (1, 2):
+        return prob[..., 0]
+    if prob.ndim == 3 and prob.shape[-1] == 3:
+        return 1.0 - prob[..., 0]
+    raise NanosegError(f"expected a probability map (H, W) or (H, W, C) with C in 1..3, got shape {prob.shape}.")
+
+
+def separate_touching(labels):
+    """Cut a 1-px background line between touching instances, as in the BAM manual masks.
+
+    A pixel is set to 0 when one of its 4-neighbours belongs to an instance
+    with a larger id, so two instances never stay 4-adjacent (only the side
+    with the smaller id loses pixels). Returns a new ``np.int32`` array; pieces
+    cut off an instance keep its id.
+    """
+    labels = np.asarray(labels, dtype=np.int32)
+    cut = np.zeros(labels.shape, bool)
+    for axis in (0, 1):
+        a = labels.swapaxes(0, axis)
+        c = cut.swapaxes(0, axis)
+        lo, hi = a[:-1], a[1:]
+        c[:-1] |= (lo > 0) & (hi > lo)
+        c[1:] |= (hi > 0) & (lo > hi)
+    out = labels.copy()
+    out[cut] = 0
+    return out
+
+
+def decode_instances(prob, threshold=0.5, decoder=None, marker_threshold=0.5, min_marker_px=0,
+                     opening_radius=1, min_area_px=0):
+    """Instance labels from an instance-variant output.
+
+    Steps: foreground = :func:`foreground_probability` ``>= threshold``, then
+    :func:`clean_mask` (opening, holes); markers = the 4-connected components
+    of ``marker >= marker_threshold`` inside the foreground with at least
+    ``min_marker_px`` pixels, where ``marker`` is channel 1 (interior
+    probability for ``classes3``, normalised distance for ``fg_distance``);
+    watershed of ``-marker`` from the markers, restricted to the foreground
+    (foreground components without a marker stay whole);
+    :func:`separate_touching`; 4-connected relabelling and
+    :func:`remove_small_instances`.
+
+    Parameters
+    ----------
+    prob : (H, W, C) array
+        Model output, C = 3 (``classes3``) or 2 (``fg_distance``).
+    threshold : float
+        Foreground threshold.
+    decoder : {"classes3", "fg_distance"}, optional
+        Default from the channel count (:data:`DECODERS`).
+    marker_threshold : float
+    min_marker_px : int
+    opening_radius : int
+    min_area_px : int
+
+    Returns
+    -------
+    (H, W) np.int32 labels, 0 = background, ids 1..n; touching instances are
+    separated by background lines (4-connected instances).
+    """
+    prob = np.asarray(prob, dtype=np.float32)
+    if prob.ndim != 3 or prob.shape[-1] not in DECODERS:
+        raise NanosegError(f"decode_instances: expected an instance-variant output (H, W, 2 or 3), "
+                           f"got shape {prob.shape}.")
+    decoder = decoder or DECODERS[prob.shape[-1]]
+    if DECODERS.get(prob.shape[-1]) != decoder:
+        raise NanosegError(f"decoder {decoder!r} does not fit a model output with {prob.shape[-1]} channels; "
+                           "check postprocess.decoder in the model's nanoseg.json.")
+    fg = clean_mask(binarize(foreground_probability(prob), threshold), 0, opening_radius)
+    return _watershed_markers(prob[..., 1], fg, marker_threshold, min_marker_px, min_area_px)
+
+
+def _watershed_markers(marker, fg, marker_threshold, min_marker_px, min_area_px):
+    seeds = remove_small_instances(measure.label((marker >= marker_threshold) & fg, connectivity=1),
+                                   int(min_marker_px))
+    labels = segmentation.watershed(-marker, seeds, mask=fg)
+    orphan = fg & (labels == 0)
+    if orphan.any():
+        labels[orphan] = measure.label(orphan, connectivity=1)[orphan] + labels.max()
+    labels = measure.label(separate_touching(labels), connectivity=1, background=0)
+    return remove_small_instances(labels, int(min_area_px))
+
+
+def tune_instance_params(probs, gt_labels_list, grid=None, decoder=None):
+    """Choose :func:`decode_instances` settings that maximise pooled instance F1 at IoU 0.5.
+
+    Run this on validation folds only (never on the test images).
+
+    Parameters
+    ----------
+    probs : list of (H, W, C) arrays
+        Instance-variant outputs.
+    gt_labels_list : list of (H, W) int arrays
+        Ground-truth instance labels (bool masks are labelled 4-connected).
+    grid : dict of lists, optional
+        Candidate values; keys among ``threshold`` (default 0.5),
+        ``opening_radius`` (1), ``min_area_px`` (0), ``marker_threshold``
+        (0.5), ``min_marker_px`` (0). Default :data:`INSTANCE_GRID`.
+    decoder : str, optional
+        Passed to :func:`decode_instances`.
+
+    Returns
+    -------
+    dict
+        The best value of every grid key, ``f1_50`` and ``scores`` (every candidate).
+    """
+    from nanoseg.metrics import instance_metrics
+
+    probs, gts = [np.asarray(p) for p in probs], list(gt_labels_list)
+    if len(probs) != len(gts) or not probs:
+        raise NanosegError(
+            f"tune_instance_params: got {len(probs)} probability maps and {len(gts)} ground-truth images; "
+            "pass the same non-zero number of each.")
+    grid = dict(INSTANCE_GRID if grid is None else grid)
+    defaults = {"threshold": 0.5, "opening_radius": 1, "min_area_px": 0, "marker_threshold": 0.5,
+                "min_marker_px": 0}
+    unknown = set(grid) - set(defaults)
+    if unknown:
+        raise NanosegError(f"tune_instance_params: unknown grid keys {sorted(unknown)}; "
+                           f"use some of {sorted(defaults)}.")
+    for pr in probs:
+        if pr.ndim != 3 or pr.shape[-1] not in DECODERS or (decoder and DECODERS[pr.shape[-1]] != decoder):
+            raise NanosegError(f"tune_instance_params: expected {decoder or 'instance-variant'} outputs "
+                               f"(H, W, 2 or 3), got shape {pr.shape}.")
+    keys = list(grid)
+    scores, cleaned = [], {}
+    for values in itertools.product(*(grid[k] for k in keys)):
+        p = {**defaults, **dict(zip(keys, values))}
+        ckey = (p["threshold"], p["opening_radius"])
+        if ckey not in cleaned:
+            cleaned[ckey] = [clean_mask(binarize(foreground_probability(pr), p["threshold"]), 0, p["opening_radius"])
+                             for pr in probs]
+        preds = [_watershed_markers(pr[..., 1], fg, p["marker_threshold"], p["min_marker_px"], p["min_area_px"])
+                 for pr, fg in zip(probs, cleaned[ckey])]
+        scores.append({**{k: p[k] for k in keys}, "f1_50": float(instance_metrics(gts, preds)["f1_50"])})
+    best = max(scores, key=lambda s: -np.inf if np.isnan(s["f1_50"]) else s["f1_50"])
+    return {**best, "scores": scores}

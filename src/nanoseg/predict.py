@@ -312,6 +312,7 @@ def _predict_one(predictor, settings, path, out_dir, args):
 
     from nanoseg.evaluation import segment
     from nanoseg.measure import particle_table
+    from nanoseg.postprocess import foreground_probability
     from nanoseg.micrograph import PixelSizeWarning, read_micrograph
 
     start = time.perf_counter()
@@ -325,9 +326,9 @@ def _predict_one(predictor, settings, path, out_dir, args):
         prob, std = predictor.probability_with_uncertainty(sample)
     else:
         prob = predictor.probability(sample)
-    if prob.ndim == 3:  # multi-class model: foreground = not background (channel 0)
-        prob, std = 1.0 - prob[..., 0], None if std is None else std[..., 0]
     _, sample_labels = segment(prob, settings["threshold"], settings["postprocess"], mg.pixel_size_nm)
+    if prob.ndim == 3:  # instance variant: decoded above; report the foreground probability (and its spread)
+        prob, std = foreground_probability(prob), None if std is None else std[..., 0]
     labels = np.zeros(mg.shape, dtype=_label_dtype(sample_labels))
     labels[: mg.databar_row] = sample_labels
     full_prob = np.zeros(mg.shape, dtype=np.float32)

@@ -8,6 +8,10 @@ validation images. ``train.max_minutes_per_fold`` caps the wall time (the
 ``cpu`` profile), ``train.steps_per_epoch`` sets how many batches make an epoch,
 ``train.freeze_encoder`` keeps the ImageNet encoder fixed (only the decoder trains).
 Nothing here imports MLflow: per-epoch numbers go to a ``log`` callback.
+
+``model.variant`` decides what is learned: ``paper`` the mask with Dice loss;
+``instance`` the targets of ``instance.head`` (:mod:`nanoseg.targets`, derived
+from the masks here, at load time) with :class:`nanoseg.losses.InstanceLoss`.
 """
 
 from __future__ import annotations
@@ -68,20 +72,29 @@ def build_compiled(params: dict):
     """Build and compile the model from the settings (precision policy set first)."""
     import keras
 
-    from nanoseg.losses import dice_coefficient, dice_loss
+    from nanoseg.losses import InstanceLoss, dice_coefficient, dice_loss, instance_training_metrics
     from nanoseg.model import build_unet, configure_precision
+    from nanoseg.targets import instance_settings
 
     t, m = params["train"], params["model"]
+    variant = m.get("variant", "paper")
+    inst = instance_settings(params) if variant == "instance" else None
     configure_precision(t.get("mixed_bf16", "auto"))
     weights = m.get("weights")
     if weights not in (None, "imagenet"):
         weights = str(resolve(params, weights))
-    model = build_unet(variant=m.get("variant", "paper"), weights=weights,
-                       decoder_filters=tuple(m.get("decoder_filters", (256, 128, 64, 32, 16))))
+    model = build_unet(variant=variant, weights=weights,
+                       decoder_filters=tuple(m.get("decoder_filters", (256, 128, 64, 32, 16))),
+                       head=inst["head"] if inst else None)
     if t.get("freeze_encoder"):
         # transfer learning: the ImageNet encoder stays fixed (its BatchNorm in inference mode, which also
         # avoids batch-4 statistics); only the decoder trains. ~2x the training throughput on a CPU.
         model.get_layer("encoder").trainable = False
+    if inst:  # instance.loss picks the weights in the targets (nanoseg.targets.pixel_weights)
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=float(t["lr"])),
+                      loss=InstanceLoss(inst["head"], inst["distance_weight"]),
+                      metrics=instance_training_metrics(inst["head"]))
+        return model
     if t.get("loss", "dice") != "dice":
         raise NanosegError(f"train.loss = {t.get('loss')!r}: the paper model trains with 'dice'.")
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=float(t["lr"])), loss=dice_loss,
@@ -96,7 +109,8 @@ def fit(train_images, train_masks, val_images, val_masks, params: dict, log=None
     Parameters
     ----------
     train_images, train_masks : list of arrays
-        Training images (H, W) float32 and masks (H, W) bool.
+        Training images (H, W) float32 and masks (H, W) bool (the instance
+        variant derives its targets from them: :func:`nanoseg.targets.training_targets`).
     val_images, val_masks : list of arrays or None
         Full validation images for early stopping; None trains a fixed number of epochs.
     params : dict
@@ -117,19 +131,24 @@ def fit(train_images, train_masks, val_images, val_masks, params: dict, log=None
     import tensorflow as tf
 
     from nanoseg.dataset import make_train_dataset
+    from nanoseg.targets import training_targets
 
     t = params["train"]
     keras.utils.set_random_seed(int(t.get("seed", 0)))
-    ds = make_train_dataset(train_images, [m.astype(np.float32) for m in train_masks], int(t["crop"]),
+    targets = [training_targets(m, params) for m in train_masks]
+    ds = make_train_dataset(train_images, targets, int(t["crop"]),
                             int(t["batch"]), t.get("augment", {}), int(t.get("seed", 0)))
     steps = t.get("steps_per_epoch") or max(1, math.ceil(sum(im.size for im in train_images)
                                                           / (int(t["crop"]) ** 2 * int(t["batch"]))))
     val = None
     if val_images:
+        val_targets = [training_targets(m, params) for m in val_masks]
+        val_targets = [v[..., None] if v.ndim == 2 else v for v in val_targets]
+        channels = val_targets[0].shape[-1]
         val = tf.data.Dataset.from_generator(
-            lambda: ((im[..., None].astype(np.float32), m[..., None].astype(np.float32))
-                     for im, m in zip(val_images, val_masks)),
-            output_signature=(tf.TensorSpec((None, None, 1), tf.float32), tf.TensorSpec((None, None, 1), tf.float32)),
+            lambda: ((im[..., None].astype(np.float32), v) for im, v in zip(val_images, val_targets)),
+            output_signature=(tf.TensorSpec((None, None, 1), tf.float32),
+                              tf.TensorSpec((None, None, channels), tf.float32)),
         ).batch(1)
     model = build_compiled(params)
     max_minutes = max_minutes if max_minutes is not None else t.get("max_minutes_per_fold")

@@ -3,7 +3,8 @@
 Pixel metrics (the paper's seven) and instance/size metrics at the threshold and
 post-processing chosen in cross-validation, beside the classical baselines run
 through the same scoring code. Writes ``metrics/test.json`` and overlays to
-``plots/test/``; logs everything to MLflow (run ``evaluate-<variant>-<profile>``).
+``plots/test/``; logs everything to MLflow (run ``evaluate-<label>-<profile>``, label
+``paper`` or ``instance-<head>``).
 """
 
 import json
@@ -51,15 +52,18 @@ def command(args=None) -> int:
     segs = [segment(p, threshold, post, px) for p in probs]
     model_scores = score(masks, probs, [lab for _, lab in segs], px, class_masks, threshold=threshold)
     base = baselines(images, masks, px, class_masks, min_distance_px=int(post.get("min_distance_px", 5)))
+    head = (meta.get("instance") or {}).get("head")
     result = {"model": model_scores, "baselines": base, "threshold": threshold, "postprocess": post,
-              "n_images": len(stems), "variant": meta.get("variant"), "pixel_size_nm": px}
+              "n_images": len(stems), "variant": meta.get("variant"), "instance_head": head, "pixel_size_nm": px}
     out = resolve(params, "metrics/test.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     tracking.setup(params=params)
     variant = meta.get("variant", params["model"]["variant"])
-    with tracking.start_run(f"evaluate-{variant}-{params['profile']}",
+    label = f"{variant}-{head}" if head else variant
+    with tracking.start_run(f"evaluate-{label}-{params['profile']}",
                             tags={"stage": "evaluate", "variant": variant, "profile": params["profile"],
+                                  **({"instance_head": head} if head else {}),
                                   "model_run_id": str(meta.get("mlflow_run_id", ""))}):
         tracking.log_metrics({f"test_{k}": v for k, v in model_scores.items()})
         for name, sc in base.items():
