@@ -1,7 +1,8 @@
 # nanoseg: one image that trains (`dvc repro`) and serves (`nanoseg serve` / `mlflow models serve`).
 # Build:  docker build -t nanoseg .
-# Train:  docker run --rm -v $PWD:/work/nanoseg -v /path/to/shared:/work/shared:ro nanoseg make run
-# Serve:  docker run --rm -p 5001:5001 -v $PWD:/work/nanoseg nanoseg nanoseg serve --host 0.0.0.0 --port 5001
+# The project checkout is mounted at its own host path (MLflow records absolute artifact paths):
+# Train:  docker run --rm -v "$PWD:$PWD" -w "$PWD" -v /path/to/shared:"$(dirname $PWD)/shared":ro nanoseg make run
+# Serve:  docker run --rm -p 5001:5001 -v "$PWD:$PWD" -w "$PWD" nanoseg nanoseg serve --host 0.0.0.0 --port 5001
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \

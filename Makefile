@@ -1,13 +1,14 @@
 # nanoseg: two commands for a fresh machine.
 #   make run    create .venv, install the pinned stack, import the dataset (DVC), run `dvc repro`
 #   make test   create .venv, install, run the test suite
-# Other targets: install, data, ui, s3-up, s3-down, bench, clean-venv.
+# Other targets: install, data, ui, tune, serve, screenshot, s3-up, s3-down, bench, clean-venv.
 
 SHELL := /bin/bash
 VENV ?= .venv
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 BIN := $(abspath $(VENV))/bin
 UI_PORT ?= 5000
+SERVE_PORT ?= 5001
 PYTEST_ARGS ?=
 
 export PATH := $(BIN):$(PATH)
@@ -17,7 +18,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: run test install data ui s3-up s3-down bench clean-venv
+.PHONY: run test install data ui tune serve screenshot s3-up s3-down bench clean-venv
 
 install: $(VENV)/.installed
 
@@ -41,6 +42,15 @@ test: install
 
 ui: install
 	mlflow ui --backend-store-uri "$$(python -m nanoseg.tracking --uri)" --host 127.0.0.1 --port $(UI_PORT)
+
+tune: install
+	nanoseg tune
+
+serve: install
+	nanoseg serve --host 127.0.0.1 --port $(SERVE_PORT)
+
+screenshot: install
+	python scripts/ui_screenshot.py --out reports/mlflow_ui.png
 
 s3-up: install
 	bash scripts/s3.sh up

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="dataset folder (default: data.source in params.yaml)")
     p.set_defaults(func=_call("nanoseg.dataset:import_command"))
 
-    for stage in ("prepare", "validate", "cv", "train", "evaluate"):
+    for stage in ("prepare", "validate", "cv", "train", "evaluate", "publish"):
         p = sub.add_parser(stage, help=f"run the {stage} pipeline stage alone (dvc repro runs them all)")
         p.set_defaults(func=_call(f"nanoseg.stages.{stage}:command"))
 
@@ -56,6 +56,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--databar-row", type=int, help="override the data-bar row")
     p.add_argument("--tta", action="store_true", help="test-time augmentation + uncertainty map")
     p.set_defaults(func=_call("nanoseg.predict:predict_command"))
+
+    p = sub.add_parser("tune", help="Optuna search over learning rate and batch size (trials as MLflow runs)")
+    p.add_argument("--trials", type=int, help="study size: run until it has this many finished trials "
+                   "(default tune.n_trials)")
+    p.add_argument("--storage", help="sqlite file or SQLAlchemy URL of the study, e.g. "
+                   "postgresql+psycopg2://user@host/db (default tune.storage)")
+    p.add_argument("--study", help="study name (default tune.study + profile)")
+    p.add_argument("--timeout", type=float, help="start no new trial after this many minutes")
+    p.set_defaults(func=_call("nanoseg.tuning:tune_command"))
+
+    p = sub.add_parser("serve", help="serve a model over HTTP (mlflow models serve; POST /invocations)")
+    p.add_argument("--model", help="model URI or saved model folder (default models:/nanoseg@champion)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5001, help="port (default 5001)")
+    p.set_defaults(func=_call("nanoseg.serving:serve_command"))
+
+    p = sub.add_parser("request", help="send images to a nanoseg server and print their summaries as JSON")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--url", default="http://127.0.0.1:5001", help="server address (default http://127.0.0.1:5001)")
+    p.add_argument("--pixel-size", help="override the pixel size, e.g. 7.34nm")
+    p.add_argument("--out", help="also save masks, labels and particles.csv to this folder")
+    p.set_defaults(func=_call("nanoseg.serving:request_command"))
 
     return parser
 

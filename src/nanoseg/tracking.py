@@ -19,6 +19,7 @@ import contextlib
 import os
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -193,6 +194,151 @@ def download_model(uri: str, dst: str | os.PathLike | None = None) -> Path:
     if not hits:
         raise NanosegError(f"{uri}: downloaded, but it holds no nanoseg model (no nanoseg.json).")
     return hits[0].parent
+
+
+# ============================================================================ registry and pyfunc model
+# The served model: a thin mlflow.pyfunc wrapper around nanoseg.serving (which holds the payload logic
+# and imports no MLflow), registered as "nanoseg"; the alias "champion" marks the version to serve.
+
+REGISTERED_MODEL = "nanoseg"
+CHAMPION = "champion"
+MODEL_ARTIFACT = "nanoseg_model"
+
+
+def end_run(status: str = "FINISHED") -> None:
+    """End the active run with ``status`` (FINISHED, FAILED, KILLED)."""
+    mlflow.end_run(status)
+
+
+class NanosegPyfunc(mlflow.pyfunc.PythonModel):
+    """``mlflow.pyfunc`` model: DataFrame of base64 images in, one result dict per image out.
+
+    The request/answer format is documented in :mod:`nanoseg.serving`; bad requests raise
+    an ``MlflowException`` (HTTP 400) carrying nanoseg's message.
+    """
+
+    # predict has no type hints: requests stay MLflow's DataFrame formats (dataframe_records, inputs, ...)
+    # checked against the explicit signature; this also silences MLflow's suggestion to add them
+    _skip_type_hint_validation = True
+
+    def load_context(self, context):
+        from nanoseg.serving import Service
+
+        self.service = Service.from_folder(context.artifacts[MODEL_ARTIFACT], config=context.model_config)
+
+    def predict(self, context, model_input, params=None):
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        from nanoseg.serving import RequestError
+
+        try:
+            return self.service.predict(model_input, **(params or {}))
+        except (RequestError, NanosegError) as exc:
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+
+
+def pyfunc_signature():
+    """The served model's signature (see :mod:`nanoseg.serving` for the meaning of each field)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, Object, ParamSchema, ParamSpec, Property, Schema
+
+    from nanoseg.measure import table_columns
+    from nanoseg.serving import SUMMARY_FIELDS
+
+    inputs = Schema([ColSpec("string", "image"), ColSpec("string", "name", required=False),
+                     ColSpec("double", "pixel_size_nm", required=False),
+                     ColSpec("double", "databar_row", required=False)])  # a whole number; double allows null
+    kinds = {"image": "string", "id": "long", "area_px": "long", "touches_border": "boolean",
+             "touches_databar": "boolean", "measurable": "boolean"}
+    columns = dict.fromkeys(table_columns("nm") + table_columns("px"))
+    particle = Object([Property(c, kinds.get(c, "double"), required=False) for c in columns])
+    summary = Object([Property(k, v, required=False) for k, v in SUMMARY_FIELDS.items()])
+    outputs = Schema([ColSpec("string", "name"), ColSpec("long", "width"), ColSpec("long", "height"),
+                      ColSpec("double", "pixel_size_nm", required=False), ColSpec("string", "pixel_size_source"),
+                      ColSpec("string", "unit"), ColSpec("long", "databar_row"), ColSpec("double", "threshold"),
+                      ColSpec(summary, "summary"), ColSpec(Array(particle), "particles"),
+                      ColSpec("string", "mask_png", required=False), ColSpec("string", "labels_tif", required=False)])
+    return ModelSignature(inputs=inputs, outputs=outputs,
+                          params=ParamSchema([ParamSpec("return_images", "boolean", True)]))
+
+
+def _requirements():
+    lock = store_root() / "requirements.lock"
+    if lock.is_file():
+        return str(lock)
+    return [f"mlflow=={mlflow.__version__}", "tensorflow-cpu==2.21.*", "scikit-image", "tifffile", "imagecodecs",
+            "pillow", "pandas"]
+
+
+def log_pyfunc(folder: str | os.PathLike, input_example, tags: dict | None = None, metadata: dict | None = None,
+               model_config: dict | None = None, registered_name: str | None = REGISTERED_MODEL):
+    """Log the model folder (model.keras + nanoseg.json) as a pyfunc model in the active run and register it.
+
+    Returns
+    -------
+    mlflow.models.model.ModelInfo
+        ``registered_model_version`` holds the new version number (None without ``registered_name``).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=NanosegPyfunc(), artifacts={MODEL_ARTIFACT: str(folder)},
+            signature=pyfunc_signature(), input_example=input_example, pip_requirements=_requirements(),
+            registered_model_name=registered_name, metadata=metadata, model_config=model_config,
+            tags={k: str(v) for k, v in (tags or {}).items()})
+    return info
+
+
+def set_version_tags(version: str, tags: dict, name: str = REGISTERED_MODEL) -> None:
+    client = mlflow.MlflowClient()
+    for k, v in tags.items():
+        client.set_model_version_tag(name, str(version), k, str(v))
+
+
+def alias_version(alias: str = CHAMPION, name: str = REGISTERED_MODEL):
+    """The model version holding ``alias`` (tags included), or None."""
+    try:
+        return mlflow.MlflowClient().get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def set_alias(version: str, alias: str = CHAMPION, name: str = REGISTERED_MODEL) -> None:
+    mlflow.MlflowClient().set_registered_model_alias(name, alias, str(version))
+
+
+def model_uri(alias: str = CHAMPION, name: str = REGISTERED_MODEL) -> str:
+    return f"models:/{name}@{alias}"
+
+
+def save_pyfunc(folder: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Save a plain model folder as a local pyfunc model (to serve it without the registry)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        mlflow.pyfunc.save_model(str(path), python_model=NanosegPyfunc(), artifacts={MODEL_ARTIFACT: str(folder)},
+                                 signature=pyfunc_signature(), pip_requirements=_requirements())
+    return Path(path)
+
+
+def check_model_uri(uri: str) -> None:
+    """Raise NanosegError unless a ``models:/name@alias`` or ``models:/name/version`` URI resolves."""
+    mlflow.set_tracking_uri(tracking_uri())
+    body = uri[len("models:/"):]
+    name, _, ref = body.partition("@") if "@" in body else body.partition("/")
+    client = mlflow.MlflowClient()
+    try:
+        if "@" in body:
+            client.get_model_version_by_alias(name, ref)
+        elif ref.isdigit():
+            client.get_model_version(name, ref)
+        else:
+            client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException as exc:
+        raise NanosegError(
+            f"{uri}: not found in the model registry of {tracking_uri()} ({str(exc).splitlines()[0][:200]}). "
+            "Publish a model first (`dvc repro publish`), or pass --model with a saved model folder."
+        ) from None
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,261 @@
+#!/usr/bin/env python
+"""Screenshot of the MLflow UI's run comparison page, taken with headless Chromium.
+
+    python scripts/ui_screenshot.py [--out reports/mlflow_ui.png] [--runs ID ...] [--url http://127.0.0.1:5000]
+
+Starts ``mlflow ui`` on 127.0.0.1 (a free port) over the project's store (the
+same URI as ``make ui``: ``MLFLOW_TRACKING_URI``, else ``mlruns/mlflow.db``),
+unless ``--url`` names a running one. It compares, by default, the fold runs
+of the newest cross-validation run (else the newest runs of the experiment) and
+saves what Chromium shows after the page settled (``--virtual-time-budget``).
+Needs Chromium (Debian: ``apt-get install -y chromium``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import fcntl
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+from nanoseg.errors import NanosegError, report_errors  # noqa: E402
+
+# best effort, MLflow 3 UI: close the assistant side panel so the runs get the width
+TIDY_JS = ("document.querySelectorAll('button[data-component-id=\"mlflow.assistant.chat_panel.close\"]')"
+           ".forEach(b => b.click())")
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--hide-scrollbars", "--disable-dev-shm-usage", "--disable-extensions"]
+
+
+def find_browser() -> str:
+    for name in BROWSERS:
+        path = shutil.which(name)
+        if path:
+            return path
+    raise NanosegError("no Chromium found (looked for " + ", ".join(BROWSERS) + "); install it, e.g. "
+                       "`apt-get install -y chromium` on Debian.")
+
+
+def pick_runs(experiment: str, max_runs: int = 10, run_ids=None) -> tuple[str, dict[str, str]]:
+    """(experiment id, {run id: run name}): ``run_ids``, else the newest cv run's folds, else the newest runs."""
+    import mlflow
+
+    from nanoseg import tracking
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        raise NanosegError(f"{tracking.tracking_uri()}: no experiment {experiment!r}; run the pipeline "
+                           "(dvc repro) or `nanoseg tune` first.")
+    search = dict(experiment_ids=[exp.experiment_id], order_by=["attributes.start_time DESC"], output_format="list")
+    if run_ids:
+        runs = [mlflow.get_run(r) for r in run_ids]
+    else:
+        parents = [r for r in mlflow.search_runs(filter_string="tags.stage = 'cv'", max_results=50, **search)
+                   if "mlflow.parentRunId" not in r.data.tags]
+        runs = []
+        if parents:
+            runs = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'",
+                                      max_results=max_runs, **search)
+        runs = runs or mlflow.search_runs(max_results=max_runs, **search)
+    if not runs:
+        raise NanosegError(f"experiment {experiment!r} holds no runs yet; nothing to compare.")
+    return exp.experiment_id, {r.info.run_id: r.info.run_name for r in sorted(runs, key=lambda r: r.info.run_name)}
+
+
+def compare_url(base: str, experiment_id: str, run_ids: list[str]) -> str:
+    query = urllib.parse.urlencode({"runs": json.dumps(run_ids), "experiments": json.dumps([experiment_id])})
+    return f"{base.rstrip('/')}/#/compare-runs?{query}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_ui(port: int, log: Path, timeout: float = 120):
+    """``mlflow ui`` over the project's store on 127.0.0.1:port; returns (process, base URL)."""
+    from nanoseg import tracking
+
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking.tracking_uri(),
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # no GenAI job runner for a screenshot
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    base = f"http://127.0.0.1:{port}"
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise NanosegError(f"mlflow ui exited ({proc.returncode}):\n{log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=2):
+                return proc, base
+        except OSError:
+            time.sleep(0.5)
+    stop(proc)
+    raise NanosegError(f"mlflow ui did not answer at {base} within {timeout:.0f} s:\n{log.read_text()[-2000:]}")
+
+
+def stop(proc) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+class DevTools:
+    """Chromium driven over ``--remote-debugging-pipe`` (the DevTools protocol on fds 3/4, no extra packages).
+
+    Chromium's own ``--screenshot --virtual-time-budget`` never returns on the MLflow 3 UI (its
+    virtual clock waits forever), so the page is loaded in real time and captured once it shows
+    the expected text.
+    """
+
+    def __init__(self, browser: str, profile: str, size=(1600, 1800)):
+        to_chrome, self._out = os.pipe()
+        self._in, from_chrome = os.pipe()
+
+        def fds():  # the protocol pipes are fds 3 (commands) and 4 (answers) of the browser
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_chrome, from_chrome)]
+            os.dup2(high[0], 3)
+            os.dup2(high[1], 4)
+
+        cmd = [browser, *FLAGS, "--remote-debugging-pipe", f"--user-data-dir={profile}",
+               f"--window-size={size[0]},{size[1]}", "about:blank"]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, preexec_fn=fds, pass_fds=(3, 4),
+                                     start_new_session=True)
+        os.close(to_chrome)
+        os.close(from_chrome)
+        self._buf, self._id, self.size = b"", 0, size
+
+    def send(self, method: str, session: str | None = None, timeout: float = 60, **params):
+        self._id += 1
+        msg = {"id": self._id, "method": method, "params": params, **({"sessionId": session} if session else {})}
+        os.write(self._out, json.dumps(msg).encode() + b"\0")
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            while b"\0" not in self._buf:
+                ready, _, _ = select.select([self._in], [], [], max(0.0, end - time.monotonic()))
+                if not ready:
+                    break
+                chunk = os.read(self._in, 1 << 20)
+                if not chunk:
+                    raise NanosegError(f"Chromium closed the DevTools pipe during {method}.")
+                self._buf += chunk
+            if b"\0" not in self._buf:
+                break
+            raw, self._buf = self._buf.split(b"\0", 1)
+            reply = json.loads(raw)
+            if reply.get("id") == self._id:
+                if "error" in reply:
+                    raise NanosegError(f"Chromium: {method} failed: {reply['error'].get('message')}")
+                return reply.get("result", {})
+        raise NanosegError(f"Chromium did not answer {method} within {timeout:.0f} s.")
+
+    def close(self):
+        try:
+            self.send("Browser.close", timeout=10)
+        except (NanosegError, OSError):
+            pass
+        for fd in (self._in, self._out):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+def screenshot(url: str, out: Path, size=(1600, 1800), wait_for=(), timeout: float = 60, settle: float = 3.0,
+               browser: str | None = None) -> Path:
+    """Save what headless Chromium shows at ``url`` to ``out`` (PNG), once the page text holds ``wait_for``."""
+    browser = browser or find_browser()
+    with tempfile.TemporaryDirectory(prefix="nanoseg-chromium-") as profile:
+        chrome = DevTools(browser, profile, size)
+        try:
+            target = chrome.send("Target.createTarget", url="about:blank")["targetId"]
+            session = chrome.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+            chrome.send("Emulation.setDeviceMetricsOverride", session, width=size[0], height=size[1],
+                        deviceScaleFactor=1, mobile=False)
+            chrome.send("Page.navigate", session, url=url)
+            end, text = time.monotonic() + timeout, ""
+            while time.monotonic() < end:
+                text = chrome.send("Runtime.evaluate", session, returnByValue=True,
+                                   expression="document.body ? document.body.innerText : ''")["result"].get("value", "")
+                if text and all(w in text for w in wait_for):
+                    break
+                time.sleep(0.5)
+            else:
+                missing = [w for w in wait_for if w not in text]
+                raise NanosegError(f"{url}: the page did not show {missing} within {timeout:.0f} s.")
+            chrome.send("Runtime.evaluate", session, expression=TIDY_JS)
+            time.sleep(settle)  # let charts draw
+            png = base64.b64decode(chrome.send("Page.captureScreenshot", session, format="png")["data"])
+        finally:
+            chrome.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(png)
+    tmp.replace(out)
+    return out
+
+
+@report_errors
+def main(argv=None) -> int:
+    from nanoseg import tracking
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="reports/mlflow_ui.png", help="PNG to write (default reports/mlflow_ui.png)")
+    p.add_argument("--url", help="a running MLflow UI (default: start one over the project's store)")
+    p.add_argument("--runs", nargs="+", metavar="RUN_ID", help="runs to compare (default: the newest cv folds)")
+    p.add_argument("--experiment", default=tracking.EXPERIMENT)
+    p.add_argument("--max-runs", type=int, default=10)
+    p.add_argument("--timeout", type=float, default=60, help="seconds to wait for the page (default 60)")
+    p.add_argument("--size", default="1600x1800", help="window WIDTHxHEIGHT in px (default 1600x1800: "
+                   "tall enough for the metrics table)")
+    args = p.parse_args(argv)
+    browser = find_browser()
+    exp_id, runs = pick_runs(args.experiment, args.max_runs, args.runs)
+    names = [n for n in runs.values() if n]
+    proc = None
+    with tempfile.TemporaryDirectory(prefix="nanoseg-ui-") as tmp:
+        try:
+            base = args.url
+            if not base:
+                proc, base = start_ui(_free_port(), Path(tmp) / "mlflow-ui.log")
+            url = compare_url(base, exp_id, list(runs))
+            size = tuple(int(v) for v in args.size.lower().split("x"))
+            out = screenshot(url, Path(args.out), size, wait_for=names, timeout=args.timeout, browser=browser)
+        finally:
+            if proc is not None:
+                stop(proc)
+    print(f"{out}: {len(runs)} runs of experiment {args.experiment!r} compared ({url})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
