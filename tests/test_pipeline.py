@@ -87,6 +87,11 @@ def test_smoke_pipeline_end_to_end(project):
         assert {"model", "plots", "overlays"} <= arts
     assert "dice_mean" in parents[0].data.metrics
 
+    # publish registered the final model; the champion alias resolves
+    assert (project / "reports/publish.json").is_file()
+    version = mlflow.MlflowClient().get_model_version_by_alias("nanoseg", "champion")
+    assert version.tags.get("data_md5") and version.tags.get("git_commit")
+
     # an interrupted/repeated cv does not train finished folds again
     again = sh("python", "-m", "nanoseg.stages.cv", cwd=project)
     assert again.stdout.count("not trained again") == 2
