@@ -201,6 +201,25 @@ def baseline_instances(image, watershed=False, min_area_px=20, min_distance_px=5
     return remove_small_instances(labels, min_area_px)
 
 
+def _grid_search_inputs(name, what, inputs, gt_labels_list, grid, defaults):
+    """Check a grid search's inputs: as many predictions as ground truths (at least one), known grid keys."""
+    inputs, gts = [np.asarray(x) for x in inputs], list(gt_labels_list)
+    if len(inputs) != len(gts) or not inputs:
+        raise NanosegError(
+            f"{name}: got {len(inputs)} {what} and {len(gts)} ground-truth images; "
+            "pass the same non-zero number of each.")
+    grid = dict(grid)
+    unknown = set(grid) - set(defaults)
+    if unknown:
+        raise NanosegError(f"{name}: unknown grid keys {sorted(unknown)}; use some of {sorted(defaults)}.")
+    return inputs, gts, grid
+
+
+def _best_score(scores):
+    """The candidate with the highest ``f1_50`` (nan ranks last)."""
+    return max(scores, key=lambda s: -np.inf if np.isnan(s["f1_50"]) else s["f1_50"])
+
+
 def tune_split_params(masks, gt_labels_list, grid=None):
     """Choose post-processing settings that maximise pooled instance F1 at IoU 0.5.
 
@@ -229,18 +248,10 @@ def tune_split_params(masks, gt_labels_list, grid=None):
     """
     from nanoseg.metrics import instance_metrics
 
-    masks, gts = [np.asarray(m) for m in masks], list(gt_labels_list)
-    if len(masks) != len(gts) or not masks:
-        raise NanosegError(
-            f"tune_split_params: got {len(masks)} masks and {len(gts)} ground-truth images; "
-            "pass the same non-zero number of each.")
-    grid = dict(SPLIT_GRID if grid is None else grid)
     defaults = {"threshold": 0.5, "opening_radius": 1, "min_area_px": 0, "split": True,
                 "min_distance_px": 5, "compactness": 0.0}
-    unknown = set(grid) - set(defaults)
-    if unknown:
-        raise NanosegError(f"tune_split_params: unknown grid keys {sorted(unknown)}; "
-                           f"use some of {sorted(defaults)}.")
+    masks, gts, grid = _grid_search_inputs("tune_split_params", "masks", masks, gt_labels_list,
+                                           SPLIT_GRID if grid is None else grid, defaults)
     keys = list(grid)
     scores, seen, cleaned = [], set(), {}
     for values in itertools.product(*(grid[k] for k in keys)):
@@ -259,7 +270,7 @@ def tune_split_params(masks, gt_labels_list, grid=None):
             p["min_area_px"]) for m in cleaned[ckey]]
         f1 = float(instance_metrics(gts, preds)["f1_50"])
         scores.append({**{k: p[k] for k in keys}, "f1_50": f1})
-    best = max(scores, key=lambda s: -np.inf if np.isnan(s["f1_50"]) else s["f1_50"])
+    best = _best_score(scores)
     out = {**best, "scores": scores}
     return out
 
@@ -386,18 +397,10 @@ def tune_instance_params(probs, gt_labels_list, grid=None, decoder=None):
     """
     from nanoseg.metrics import instance_metrics
 
-    probs, gts = [np.asarray(p) for p in probs], list(gt_labels_list)
-    if len(probs) != len(gts) or not probs:
-        raise NanosegError(
-            f"tune_instance_params: got {len(probs)} probability maps and {len(gts)} ground-truth images; "
-            "pass the same non-zero number of each.")
-    grid = dict(INSTANCE_GRID if grid is None else grid)
     defaults = {"threshold": 0.5, "opening_radius": 1, "min_area_px": 0, "marker_threshold": 0.5,
                 "min_marker_px": 0}
-    unknown = set(grid) - set(defaults)
-    if unknown:
-        raise NanosegError(f"tune_instance_params: unknown grid keys {sorted(unknown)}; "
-                           f"use some of {sorted(defaults)}.")
+    probs, gts, grid = _grid_search_inputs("tune_instance_params", "probability maps", probs, gt_labels_list,
+                                           INSTANCE_GRID if grid is None else grid, defaults)
     for pr in probs:
         if pr.ndim != 3 or pr.shape[-1] not in DECODERS or (decoder and DECODERS[pr.shape[-1]] != decoder):
             raise NanosegError(f"tune_instance_params: expected {decoder or 'instance-variant'} outputs "
@@ -413,5 +416,5 @@ def tune_instance_params(probs, gt_labels_list, grid=None, decoder=None):
         preds = [_watershed_markers(pr[..., 1], fg, p["marker_threshold"], p["min_marker_px"], p["min_area_px"])
                  for pr, fg in zip(probs, cleaned[ckey])]
         scores.append({**{k: p[k] for k in keys}, "f1_50": float(instance_metrics(gts, preds)["f1_50"])})
-    best = max(scores, key=lambda s: -np.inf if np.isnan(s["f1_50"]) else s["f1_50"])
+    best = _best_score(scores)
     return {**best, "scores": scores}
