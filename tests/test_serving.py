@@ -7,7 +7,6 @@ import base64
 import io
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -91,13 +90,9 @@ class Server:
         pytest.fail(f"the server did not answer /ping in {timeout} s:\n{self.log.read_text()[-3000:]}")
 
     def stop(self):
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        from nanoseg.serving import stop_process_group
+
+        stop_process_group(self.proc)
 
 
 @pytest.fixture(scope="module")
