@@ -17,7 +17,7 @@ Results: ``bench/results/instance_variants.json`` and ``.md`` (each mode
 updates its part). Work files (fold outputs, models) go to ``bench/.work/``.
 
     python bench/instance_variants.py cv [--candidates paper,classes3,fg_distance] [--folds 0,1]
-                                         [--minutes-per-fold 8] [--final-minutes 12]
+                                         [--minutes-per-fold 8] [--final-minutes 12]   (0: no final model)
     python bench/instance_variants.py test [--model paper=models/final]
     python bench/instance_variants.py all --smoke     # a tiny end-to-end check (~10 min on 2 CPU cores)
 
@@ -134,20 +134,22 @@ def cv_mode(base, manifest, split, names, args, work) -> dict:
         start = time.monotonic()
         cv = run_cv(params, manifest, {**split, "folds": folds}, Path(params["_root"]) / "cv")
         cv_seconds = time.monotonic() - start
-        images, masks = load_rows(manifest, split["train"], params["_root"])
-        epochs = max(1, int(cv["best_epoch_median"]))
-        minutes = args.final_minutes if args.final_minutes is not None else params["train"].get("final_max_minutes")
-        model, _, info = fit(images, masks, None, None, params, epochs=epochs, max_minutes=minutes,
-                             label=f"{name} final model")
-        meta = {"variant": params["model"]["variant"], "profile": params["profile"], "threshold": cv["threshold"],
-                "postprocess": cv["postprocess"], "tile": params["predict"]["tile"],
-                "overlap": params["predict"]["overlap"], "epochs": info["epochs_run"], "candidate": name}
-        if params["model"]["variant"] == "instance":
-            meta["instance"] = params["instance"]
-        save_model(model, work / name / "model", meta)
-        del model
-        keras.backend.clear_session()
-        gc.collect()
+        info = {"epochs_run": None, "seconds": None}
+        if args.final_minutes != 0:  # 0: compare on the validation folds only, no final model
+            images, masks = load_rows(manifest, split["train"], params["_root"])
+            epochs = max(1, int(cv["best_epoch_median"]))
+            minutes = args.final_minutes if args.final_minutes is not None else params["train"].get("final_max_minutes")
+            model, _, info = fit(images, masks, None, None, params, epochs=epochs, max_minutes=minutes,
+                                 label=f"{name} final model")
+            meta = {"variant": params["model"]["variant"], "profile": params["profile"], "threshold": cv["threshold"],
+                    "postprocess": cv["postprocess"], "tile": params["predict"]["tile"],
+                    "overlap": params["predict"]["overlap"], "epochs": info["epochs_run"], "candidate": name}
+            if params["model"]["variant"] == "instance":
+                meta["instance"] = params["instance"]
+            save_model(model, work / name / "model", meta)
+            del model
+            keras.backend.clear_session()
+            gc.collect()
         out[name] = {**{k: cv.get(f"{k}_mean") for k in KEYS}, **{f"{k}_std": cv.get(f"{k}_std") for k in KEYS},
                      "threshold": cv["threshold"], "postprocess": cv["postprocess"], "folds": len(folds),
                      "max_minutes_per_fold": params["train"].get("max_minutes_per_fold"),
@@ -156,6 +158,19 @@ def cv_mode(base, manifest, split, names, args, work) -> dict:
         print(f"{name}: CV Dice {out[name]['dice']:.3f}, F1@0.5 {out[name]['f1_50']:.3f} "
               f"({len(folds)} folds, {cv_seconds / 60:.1f} min)", flush=True)
     return out
+
+
+def reference_row(path: Path, folds: list[int] | None) -> dict:
+    """A row from an earlier pipeline CV (``metrics/cv.json``): mean/std of its ``per_fold`` scores over
+    ``folds`` (its threshold and post-processing were chosen on all of its folds), so a candidate run
+    on a few folds compares with the paper model without training it again."""
+    cv = json.loads(Path(path).read_text())
+    keys = sorted(cv["per_fold"], key=int) if folds is None else [str(k) for k in folds]
+    rows = [cv["per_fold"][k] for k in keys]
+    out = {k: float(np.mean([r[k] for r in rows])) for k in KEYS}
+    out.update({f"{k}_std": float(np.std([r[k] for r in rows])) for k in KEYS})
+    return {**out, "threshold": cv["threshold"], "postprocess": cv["postprocess"], "folds": len(rows),
+            "source": str(path), "cv_seconds": float("nan")}
 
 
 def test_mode(base, manifest, split, models: dict, work) -> dict:
@@ -226,7 +241,7 @@ def write_results(result: dict, stem: Path) -> None:
                    else f"split={post.get('split')}, d={post.get('min_distance_px')}")
             lines.append(f"| {name} | {_fmt(r['dice'])} | {_fmt(r['f1_50'])} | {_fmt(r['f1_75'])} | {_fmt(r['pq'])} | "
                          f"{_fmt(r['median_ecd_rel_error'], '+.1%')} | {_fmt(r['ecd_wasserstein'], '.1f')} | "
-                         f"{_fmt(r['n_gt'], '.0f')} | {_fmt(r['n_pred'], '.0f')} | {dec} | {r['cv_seconds'] / 60:.1f} |")
+                         f"{_fmt(r['n_gt'], '.0f')} | {_fmt(r['n_pred'], '.0f')} | {dec} | {_fmt(r['cv_seconds'] / 60, '.1f')} |")
         lines.append("")
     if result.get("test"):
         t = result["test"]
@@ -252,6 +267,8 @@ def main(argv=None) -> int:
     ap.add_argument("--folds", default=None, help="comma-separated fold indices (default: all)")
     ap.add_argument("--minutes-per-fold", type=float, default=None)
     ap.add_argument("--final-minutes", type=float, default=None)
+    ap.add_argument("--reference-cv", default=None,
+                    help="a paper-variant metrics/cv.json: its per-fold scores on --folds become the row 'paper'")
     ap.add_argument("--model", action="append", default=[], help="NAME=FOLDER: score this model in test mode")
     ap.add_argument("--profile", default=None)
     ap.add_argument("--smoke", action="store_true", help="tiny data, smoke profile, throw-away MLflow store")
@@ -274,6 +291,9 @@ def main(argv=None) -> int:
                   machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
     if args.mode in ("cv", "all"):
         result["cv"] = {**(result.get("cv") or {}), **cv_mode(base, manifest, split, names, args, work)}
+        if args.reference_cv:
+            folds = None if args.folds is None else [int(k) for k in args.folds.split(",")]
+            result["cv"]["paper"] = reference_row(Path(args.reference_cv), folds)
         write_results(result, stem)
     if args.mode in ("test", "all"):
         models = dict(m.split("=", 1) for m in args.model) or {

@@ -61,19 +61,23 @@ def project(tmp_path_factory):
         yield root
 
 
-def write_test_metrics(root, dice, f1):
+def write_test_metrics(root, dice, f1, val_f1=0.5):
     (root / "metrics/test.json").write_text(json.dumps({"model": {"dice": dice, "f1_50": f1, "n_pred": 12},
                                                         "baselines": {"otsu": {"dice": 0.5}}}))
+    (root / "metrics/cv.json").write_text(json.dumps({"threshold": 0.5, "folds": 2, "dice_mean": dice,
+                                                      "f1_50_mean": val_f1, "f1_50_std": 0.01}))
 
 
 def test_promotion_rule():
-    assert promotion({"dice": 0.5}, None) == (True, "no champion yet")
-    assert promotion({"dice": 0.9}, {"dice": 0.9})[0]  # "at least" the champion's
-    ok, why = promotion({"dice": 0.89}, {"dice": 0.9})
-    assert not ok and "0.8900 < champion's 0.9000" in why
+    assert promotion({"val_f1_50": 0.5}, None) == (True, "no champion yet")
+    assert promotion({"val_f1_50": 0.9}, {"val_f1_50": 0.9})[0]  # "at least" the champion's
+    ok, why = promotion({"val_f1_50": 0.89, "f1_50": 0.99}, {"val_f1_50": 0.9, "f1_50": 0.1})
+    assert not ok and why == "validation f1_50 0.8900 < champion's 0.9000"  # the default: validation F1
+    ok, why = promotion({"dice": 0.89}, {"dice": 0.9}, rank_by="dice")
+    assert not ok and why == "test dice 0.8900 < champion's 0.9000"
     assert promotion({"dice": 0.1, "f1_50": 0.95}, {"dice": 0.9, "f1_50": 0.9}, rank_by="f1_50")[0]
-    assert promotion({"dice": 0.5}, {"f1_50": 0.9})[0]  # a champion without the score is replaced
-    assert not promotion({"dice": float("nan")}, {"dice": 0.2})[0]
+    assert promotion({"val_f1_50": 0.5}, {"dice": 0.9})[0]  # a champion without the score is replaced
+    assert not promotion({"val_f1_50": float("nan")}, {"val_f1_50": 0.2})[0]
 
 
 def test_publish_registers_versions_and_moves_champion_by_the_rule(project, capsys):
@@ -82,14 +86,14 @@ def test_publish_registers_versions_and_moves_champion_by_the_rule(project, caps
     from nanoseg.config import load_params
     from nanoseg.stages import publish as stage
 
-    write_test_metrics(project, 0.80, 0.60)
+    write_test_metrics(project, 0.80, 0.60, val_f1=0.50)
     assert stage.command() == 0
     assert "version 1 is now @champion (no champion yet)" in capsys.readouterr().out
 
-    write_test_metrics(project, 0.70, 0.90)  # worse Dice: registered, not promoted
+    write_test_metrics(project, 0.70, 0.90, val_f1=0.40)  # worse validation F1: registered, not promoted
     assert stage.command() == 0
     out = capsys.readouterr().out
-    assert "version 2 registered but NOT promoted: test dice 0.7000 < champion's 0.8000" in out
+    assert "version 2 registered but NOT promoted: validation f1_50 0.4000 < champion's 0.5000" in out
     assert json.loads((project / "reports/publish.json").read_text())["champion_version"] == "1"
 
     params = load_params()
@@ -100,7 +104,7 @@ def test_publish_registers_versions_and_moves_champion_by_the_rule(project, caps
     client = mlflow.MlflowClient()
     assert str(client.get_model_version_by_alias("nanoseg", "champion").version) == "3"
     v2 = client.get_model_version("nanoseg", "2")
-    assert v2.tags["test_dice"] == "0.7" and v2.tags["test_f1_50"] == "0.9"
+    assert v2.tags["test_dice"] == "0.7" and v2.tags["test_f1_50"] == "0.9" and v2.tags["val_f1_50"] == "0.4"
     assert v2.tags["data_md5"] == "0123456789abcdef0123456789abcdef.dir" and len(v2.tags["git_commit"]) == 40
     assert json.loads(v2.tags["params"])["train"]["lr"] == params["train"]["lr"]
     run = mlflow.get_run(v2.run_id)
@@ -142,6 +146,9 @@ def test_publish_refuses_missing_inputs_and_registers_nothing(project, tmp_path)
     params["publish"]["rank_by"] = "pq"
     write_test_metrics(project, 0.9, 0.9)
     with pytest.raises(NanosegError, match="publish.rank_by = 'pq' is not a test metric"):
+        publish(params)
+    params["publish"]["rank_by"] = "val_pq"
+    with pytest.raises(NanosegError, match=r"'val_pq' is not a cross-validation mean .*run `dvc repro cv`"):
         publish(params)
     params["_root"] = str(tmp_path)
     with pytest.raises(NanosegError, match="no test metrics; run `dvc repro evaluate`"):

@@ -306,7 +306,7 @@ def _ecd_values(table, unit: str) -> np.ndarray:
     return np.sqrt(4 * measurable["area_px"].to_numpy(float) / np.pi)
 
 
-def _predict_one(predictor, settings, path, out_dir, args):
+def predict_one(predictor, settings, path, out_dir, args):
     """Segment and measure one image; write its files; return (table, info)."""
     import tifffile
 
@@ -399,7 +399,7 @@ def predict_command(args) -> int:
     try:
         tables, infos = [], []
         for path in tqdm(paths, desc="nanoseg predict", unit="image"):
-            table, info = _predict_one(predictor, settings, path, tmp, args)
+            table, info = predict_one(predictor, settings, path, tmp, args)
             for note in info["notes"]:
                 tqdm.write(f"nanoseg: warning: {note}")
             tables.append(table)

@@ -228,7 +228,7 @@ class Service:
     """A loaded model that answers requests (what the pyfunc wraps).
 
     Each image goes through ``nanoseg predict``'s own per-image code
-    (:func:`nanoseg.predict._predict_one`: read -> tiles -> threshold -> clean-up ->
+    (:func:`nanoseg.predict.predict_one`: read -> tiles -> threshold -> clean-up ->
     instances -> particle table), with the uploaded bytes in a temporary folder.
     """
 
@@ -248,7 +248,7 @@ class Service:
         """The answer for one image file's bytes."""
         from types import SimpleNamespace
 
-        from nanoseg.predict import _predict_one
+        from nanoseg.predict import predict_one
 
         with tempfile.TemporaryDirectory(prefix="nanoseg-request-") as tmp:
             src, out = Path(tmp) / "in", Path(tmp) / "out"
@@ -258,7 +258,7 @@ class Service:
             path.write_bytes(data)
             args = SimpleNamespace(pixel_size=pixel_size_nm, databar_row=databar_row)
             try:
-                table, info = _predict_one(self.predictor, self.settings, path, out, args)
+                table, info = predict_one(self.predictor, self.settings, path, out, args)
             except NanosegError as exc:
                 raise RequestError(str(exc).replace(str(path), label)) from None
             images = ((out / f"{path.stem}_mask.png").read_bytes(), (out / f"{path.stem}_labels.tif").read_bytes()) \

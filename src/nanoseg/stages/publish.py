@@ -4,10 +4,12 @@ The model folder (``models/final``) is logged as a pyfunc model (the code of
 ``nanoseg predict``, request format in :mod:`nanoseg.serving`) with its
 signature and an input example, in run ``publish-<variant>-<profile>`` that
 carries the test metrics; the new version gets tags (git commit, data md5,
-settings, ``test_<metric>``). The alias ``champion`` moves to it only when
-:func:`promotion` says so (``publish.rank_by``, default ``dice``: at least the
-current champion's test score); otherwise the version stays registered and the
-reason is printed. Writes ``reports/publish.json``.
+settings, ``test_<metric>`` from ``metrics/test.json`` and ``val_<metric>``, the
+cross-validation means from ``metrics/cv.json``). The alias ``champion`` moves to
+it only when :func:`promotion` says so (``publish.rank_by``, default
+``val_f1_50``: the validation-fold instance F1@0.5 at least the current
+champion's); otherwise the version stays registered and the reason is printed.
+Writes ``reports/publish.json``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from nanoseg.errors import NanosegError, report_errors
 
 MODEL = "models/final"
 TEST = "metrics/test.json"
+CV = "metrics/cv.json"
+DEFAULT_RANK_BY = "val_f1_50"
 OUT = "reports/publish.json"
 
 
@@ -31,15 +35,17 @@ def _score(value):
     return None if math.isnan(value) else value
 
 
-def promotion(new: dict, champion: dict | None, rank_by: str = "dice") -> tuple[bool, str]:
+def promotion(new: dict, champion: dict | None, rank_by: str = DEFAULT_RANK_BY) -> tuple[bool, str]:
     """Whether a new version becomes champion, and why.
 
     Parameters
     ----------
     new, champion : dict
-        Test metrics of the new version and of the current champion (None: no champion yet).
+        Scores of the new version and of the current champion (None: no champion yet): test
+        metrics by name, cross-validation means as ``val_<name>``.
     rank_by : str
-        The metric that ranks versions (higher is better), e.g. ``dice`` or ``f1_50``.
+        The metric that ranks versions (higher is better): ``val_<m>`` a cross-validation mean
+        (``val_f1_50``, the default), ``<m>`` a test metric (``dice``, ``f1_50``).
 
     Returns
     -------
@@ -48,21 +54,34 @@ def promotion(new: dict, champion: dict | None, rank_by: str = "dice") -> tuple[
         score is at least the champion's.
     """
     score = _score(new.get(rank_by))
+    what = f"validation {rank_by[len('val_'):]}" if rank_by.startswith("val_") else f"test {rank_by}"
     if champion is None:
         return True, "no champion yet"
     best = _score(champion.get(rank_by))
     if best is None:
-        return True, f"the champion has no test {rank_by}"
+        return True, f"the champion has no {what}"
     if score is None:
-        return False, f"the new version has no test {rank_by} (the champion has {best:.4f})"
+        return False, f"the new version has no {what} (the champion has {best:.4f})"
     if score >= best:
-        return True, f"test {rank_by} {score:.4f} >= champion's {best:.4f}"
-    return False, f"test {rank_by} {score:.4f} < champion's {best:.4f}"
+        return True, f"{what} {score:.4f} >= champion's {best:.4f}"
+    return False, f"{what} {score:.4f} < champion's {best:.4f}"
 
 
 def version_metrics(version) -> dict:
-    """The ``test_<metric>`` tags of a registered model version as ``{metric: value}``."""
-    return {k[len("test_"):]: _score(v) for k, v in (version.tags or {}).items() if k.startswith("test_")}
+    """A registered version's scores from its tags: ``test_<m>`` as ``<m>``, ``val_<m>`` as ``val_<m>``."""
+    tags = version.tags or {}
+    out = {k[len("test_"):]: _score(v) for k, v in tags.items() if k.startswith("test_")}
+    out.update({k: _score(v) for k, v in tags.items() if k.startswith("val_")})
+    return out
+
+
+def cv_scores(path) -> dict:
+    """The cross-validation means of ``metrics/cv.json`` as ``{"val_<metric>": value}`` (empty without the file)."""
+    if not path.is_file():
+        return {}
+    cv = json.loads(path.read_text())
+    return {f"val_{k[:-len('_mean')]}": v for k, v in cv.items()
+            if k.endswith("_mean") and isinstance(v, (int, float))}
 
 
 def model_metadata(folder) -> dict:
@@ -90,11 +109,14 @@ def publish(params: dict) -> dict:
         raise NanosegError(f"{test_file}: no test metrics; run `dvc repro evaluate` first.")
     meta = model_metadata(folder)
     test = {k: v for k, v in json.loads(test_file.read_text())["model"].items() if isinstance(v, (int, float))}
+    val = cv_scores(resolve(params, CV))
     pub = params.get("publish") or {}
-    rank_by = pub.get("rank_by", "dice")
-    if rank_by not in test:
-        raise NanosegError(f"publish.rank_by = {rank_by!r} is not a test metric of {test_file}; use one of "
-                           f"{sorted(test)} in params.yaml.")
+    rank_by = pub.get("rank_by", DEFAULT_RANK_BY)
+    if rank_by not in {**test, **val}:
+        where = (f"a cross-validation mean of {resolve(params, CV)} (run `dvc repro cv` first)"
+                 if rank_by.startswith("val_") else f"a test metric of {test_file}")
+        raise NanosegError(f"publish.rank_by = {rank_by!r} is not {where}; use one of "
+                           f"{sorted(test) + sorted(val)} in params.yaml.")
     name = pub.get("name", tracking.REGISTERED_MODEL)
     alias = pub.get("alias", tracking.CHAMPION)
     tracking.setup(params=params)
@@ -104,10 +126,10 @@ def publish(params: dict) -> dict:
     tags = {**tracking.run_tags(), "variant": variant, "profile": params["profile"],
             "train_run_id": str(meta.get("mlflow_run_id", "")), "threshold": meta.get("threshold"),
             "params": json.dumps(settings, default=str)[:5000],
-            **{f"test_{k}": v for k, v in test.items()}}
+            **{f"test_{k}": v for k, v in test.items()}, **val}
     with tracking.start_run(f"publish-{variant}-{params['profile']}",
                             tags={"stage": "publish", "variant": variant, "profile": params["profile"]}) as run:
-        tracking.log_metrics({f"test_{k}": v for k, v in test.items()})
+        tracking.log_metrics({**{f"test_{k}": v for k, v in test.items()}, **val})
         info = tracking.log_pyfunc(folder, input_example(), tags=tags, registered_name=name,
                                    metadata={"nanoseg": {k: meta.get(k) for k in ("variant", "threshold", "tile",
                                                                                  "overlap", "postprocess")}})
@@ -115,12 +137,12 @@ def publish(params: dict) -> dict:
         tracking.set_version_tags(version, tags, name)
         current = tracking.alias_version(alias, name)
         champion = version_metrics(current) if current is not None else None
-        promote, reason = promotion(test, champion, rank_by)
+        promote, reason = promotion({**test, **val}, champion, rank_by)
         if promote:
             tracking.set_alias(version, alias, name)
         tracking.set_tags({"registered_version": version, "promoted": str(promote), "promotion_reason": reason})
     record = {"name": name, "version": version, "alias": alias, "promoted": promote, "reason": reason,
-              "rank_by": rank_by, "score": test.get(rank_by),
+              "rank_by": rank_by, "score": {**test, **val}.get(rank_by),
               "champion_version": version if promote else (str(current.version) if current else None),
               "model_uri": f"models:/{name}/{version}", "run_id": run.info.run_id}
     out = resolve(params, OUT)
