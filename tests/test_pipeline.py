@@ -78,6 +78,7 @@ def test_smoke_pipeline_end_to_end(project):
     runs = mlflow.search_runs([exp.experiment_id], output_format="list")
     parents = [r for r in runs if r.data.tags.get("stage") == "cv" and "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1
+    assert parents[0].data.tags["variant"] == "instance"  # the default trains the instance variant
     folds = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(folds) == 2
     for f in folds:
@@ -91,6 +92,7 @@ def test_smoke_pipeline_end_to_end(project):
     assert (project / "reports/publish.json").is_file()
     version = mlflow.MlflowClient().get_model_version_by_alias("nanoseg", "champion")
     assert version.tags.get("data_md5") and version.tags.get("git_commit")
+    assert version.tags.get("variant") == "instance" and version.tags.get("val_f1_50")  # ranked by validation F1
 
     # an interrupted/repeated cv does not train finished folds again
     again = sh("python", "-m", "nanoseg.stages.cv", cwd=project)

@@ -149,7 +149,7 @@ def fit(train_images, train_masks, val_images, val_masks, params: dict, log=None
             lambda: ((im[..., None].astype(np.float32), v) for im, v in zip(val_images, val_targets)),
             output_signature=(tf.TensorSpec((None, None, 1), tf.float32),
                               tf.TensorSpec((None, None, channels), tf.float32)),
-        ).batch(1)
+        ).apply(tf.data.experimental.assert_cardinality(len(val_images))).batch(1)  # known size: no Keras warning
     model = build_compiled(params)
     max_minutes = max_minutes if max_minutes is not None else t.get("max_minutes_per_fold")
     cbs = _callbacks(keras, t.get("patience") if val is not None else None, max_minutes, log,
