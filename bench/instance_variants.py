@@ -241,7 +241,13 @@ def write_results(result: dict, stem: Path) -> None:
                    else f"split={post.get('split')}, d={post.get('min_distance_px')}")
             lines.append(f"| {name} | {_fmt(r['dice'])} | {_fmt(r['f1_50'])} | {_fmt(r['f1_75'])} | {_fmt(r['pq'])} | "
                          f"{_fmt(r['median_ecd_rel_error'], '+.1%')} | {_fmt(r['ecd_wasserstein'], '.1f')} | "
-                         f"{_fmt(r['n_gt'], '.0f')} | {_fmt(r['n_pred'], '.0f')} | {dec} | {_fmt(r['cv_seconds'] / 60, '.1f')} |")
+                         f"{_fmt(r['n_gt'], '.0f')} | {_fmt(r['n_pred'], '.0f')} | {dec} | {_fmt(r['cv_seconds'] / 60 if r.get('cv_seconds') is not None else None, '.1f')} |")
+        folds = sorted({r.get("folds") for r in result["cv"].values()})
+        lines += ["", f"Means over {', '.join(map(str, folds))} validation fold(s) per row."]
+        for name, r in result["cv"].items():
+            if r.get("source"):
+                lines.append(f"`{name}`: not trained again — its per-fold scores on the same folds from `{r['source']}` "
+                             "(an earlier pipeline CV; its threshold and post-processing were chosen on all of its folds).")
         lines.append("")
     if result.get("test"):
         t = result["test"]
