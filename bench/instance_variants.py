@@ -178,8 +178,9 @@ def test_mode(base, manifest, split, models: dict, work) -> dict:
     from nanoseg.config import resolve
     from nanoseg.dataset import load_rows
     from nanoseg.evaluation import DEFAULT_POST, min_area_px, score, segment
+    from nanoseg.measure import particle_table
     from nanoseg.model import load_model
-    from nanoseg.postprocess import baseline_instances
+    from nanoseg.postprocess import baseline_instances, foreground_probability
     from nanoseg.predict import Predictor
     from nanoseg.stages.evaluate import _class_masks
 
@@ -197,10 +198,11 @@ def test_mode(base, manifest, split, models: dict, work) -> dict:
         predictor.probability(images[0])  # trace once, outside the timing
         threshold, post = float(meta["threshold"]), meta.get("postprocess", {})
         probs, labels, start = [], [], time.perf_counter()
-        for im in images:
+        for im in images:  # timed like `nanoseg predict`: probability -> mask -> instances -> particle table
             prob = predictor.probability(im)
             probs.append(prob)
             labels.append(segment(prob, threshold, post, px)[1])
+            particle_table(labels[-1].astype(np.int32), px, foreground_probability(prob))
         seconds = (time.perf_counter() - start) / len(images)
         out[name] = {**score(masks, probs, labels, px, class_masks, threshold=threshold), "s_per_image": seconds,
                      "variant": meta.get("variant"), "decoder": post.get("decoder"), "model": str(folder)}
@@ -208,6 +210,8 @@ def test_mode(base, manifest, split, models: dict, work) -> dict:
     for name, ws in (("otsu", False), ("otsu_watershed", True)):
         start = time.perf_counter()
         labels = [baseline_instances(im, watershed=ws, min_area_px=area) for im in images]
+        for lab in labels:
+            particle_table(lab.astype(np.int32), px)
         seconds = (time.perf_counter() - start) / len(images)
         out[name] = {**score(masks, [lab > 0 for lab in labels], labels, px, class_masks), "s_per_image": seconds}
     return {"n_images": len(stems), "pixel_size_nm": px, "methods": out}
