@@ -23,6 +23,13 @@ def _call(target: str):
     return lambda args: getattr(importlib.import_module(module), func)(args)
 
 
+def _image_arguments(p: argparse.ArgumentParser) -> None:
+    """IMAGE... with the pixel-size and data-bar overrides (``info`` and ``predict``)."""
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--pixel-size", help="override the pixel size, e.g. 7.34nm or 0.00734um")
+    p.add_argument("--databar-row", type=int, help="override the data-bar row")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nanoseg",
@@ -32,9 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("info", help="print size, pixel size and data-bar row of SEM images")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--pixel-size", help="override the pixel size, e.g. 7.34nm or 0.00734um")
-    p.add_argument("--databar-row", type=int, help="override the data-bar row")
+    _image_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_call("nanoseg.micrograph:info_command"))
 
@@ -47,13 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=_call(f"nanoseg.stages.{stage}:command"))
 
     p = sub.add_parser("predict", help="segment SEM images and measure every particle")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    _image_arguments(p)
     p.add_argument("--model", default="models/final",
                    help="saved model folder or MLflow model URI (models:/nanoseg@champion, runs:/...)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.add_argument("--pixel-size", help="override the pixel size, e.g. 7.34nm")
-    p.add_argument("--databar-row", type=int, help="override the data-bar row")
     p.add_argument("--tta", action="store_true", help="test-time augmentation + uncertainty map")
     p.set_defaults(func=_call("nanoseg.predict:predict_command"))
 
