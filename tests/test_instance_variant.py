@@ -23,6 +23,7 @@ SPLIT = {"folds": [{"train": ["a"], "val": ["b"]}]}
 
 def test_config_key_instance_settings_only_count_for_the_instance_variant(params_for, tmp_path):
     params = params_for(tmp_path)
+    params["model"]["variant"] = "paper"
     paper = config_key(params, MANIFEST, SPLIT)
     params["instance"]["head"] = "fg_distance"
     assert config_key(params, MANIFEST, SPLIT) == paper  # resumed paper folds stay valid

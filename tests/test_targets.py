@@ -90,6 +90,7 @@ def test_border_weights():
 def test_training_targets_by_variant(params_for, tmp_path):
     mask = touching_discs()
     params = params_for(tmp_path)
+    params["model"]["variant"] = "paper"
     paper = training_targets(mask, params)
     assert paper.shape == mask.shape and paper.dtype == np.float32
     params["model"]["variant"] = "instance"

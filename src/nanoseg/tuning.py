@@ -206,6 +206,7 @@ def cv_objective(params: dict, data: dict, tune: dict, tracker=None):
 
         from nanoseg.crossval import predict_images
         from nanoseg.metrics import pixel_metrics
+        from nanoseg.postprocess import foreground_probability
         from nanoseg.training import fit
 
         hp = suggest(trial, tune)
@@ -235,7 +236,8 @@ def cv_objective(params: dict, data: dict, tune: dict, tracker=None):
                     try:
                         model, _, info = fit(tr_img, tr_mask, va_img, va_mask, p, log=log,
                                              label=f"trial {trial.number} fold {k}")
-                        dice = float(pixel_metrics(va_mask, predict_images(model, va_img, p), threshold=0.5)["dice"])
+                        probs = [foreground_probability(q) for q in predict_images(model, va_img, p)]
+                        dice = float(pixel_metrics(va_mask, probs, threshold=0.5)["dice"])
                     finally:
                         model = None
                         free_memory()
