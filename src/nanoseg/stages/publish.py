@@ -110,9 +110,10 @@ def publish(params: dict) -> dict:
     meta = model_metadata(folder)
     test = {k: v for k, v in json.loads(test_file.read_text())["model"].items() if isinstance(v, (int, float))}
     val = cv_scores(resolve(params, CV))
+    scores = {**test, **val}  # what publish.rank_by may name
     pub = params.get("publish") or {}
     rank_by = pub.get("rank_by", DEFAULT_RANK_BY)
-    if rank_by not in {**test, **val}:
+    if rank_by not in scores:
         where = (f"a cross-validation mean of {resolve(params, CV)} (run `dvc repro cv` first)"
                  if rank_by.startswith("val_") else f"a test metric of {test_file}")
         raise NanosegError(f"publish.rank_by = {rank_by!r} is not {where}; use one of "
@@ -137,12 +138,12 @@ def publish(params: dict) -> dict:
         tracking.set_version_tags(version, tags, name)
         current = tracking.alias_version(alias, name)
         champion = version_metrics(current) if current is not None else None
-        promote, reason = promotion({**test, **val}, champion, rank_by)
+        promote, reason = promotion(scores, champion, rank_by)
         if promote:
             tracking.set_alias(version, alias, name)
         tracking.set_tags({"registered_version": version, "promoted": str(promote), "promotion_reason": reason})
     record = {"name": name, "version": version, "alias": alias, "promoted": promote, "reason": reason,
-              "rank_by": rank_by, "score": {**test, **val}.get(rank_by),
+              "rank_by": rank_by, "score": scores.get(rank_by),
               "champion_version": version if promote else (str(current.version) if current else None),
               "model_uri": f"models:/{name}/{version}", "run_id": run.info.run_id}
     out = resolve(params, OUT)
