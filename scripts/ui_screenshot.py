@@ -34,6 +34,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 from nanoseg.errors import NanosegError, report_errors  # noqa: E402
+from nanoseg.serving import stop_process_group  # noqa: E402
 
 # best effort, MLflow 3 UI: close the assistant side panel so the runs get the width
 TIDY_JS = ("document.querySelectorAll('button[data-component-id=\"mlflow.assistant.chat_panel.close\"]')"
@@ -109,18 +110,10 @@ def start_ui(port: int, log: Path, timeout: float = 120):
                 return proc, base
         except OSError:
             time.sleep(0.5)
-    stop(proc)
+    stop_process_group(proc)
     raise NanosegError(f"mlflow ui did not answer at {base} within {timeout:.0f} s:\n{log.read_text()[-2000:]}")
 
 
-def stop(proc) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 class DevTools:
@@ -252,7 +245,7 @@ def main(argv=None) -> int:
             out = screenshot(url, Path(args.out), size, wait_for=names, timeout=args.timeout, browser=browser)
         finally:
             if proc is not None:
-                stop(proc)
+                stop_process_group(proc)
     print(f"{out}: {len(runs)} runs of experiment {args.experiment!r} compared ({url})")
     return 0
 

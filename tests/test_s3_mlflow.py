@@ -8,8 +8,6 @@ artifacts, which must land in the bucket.
 """
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from nanoseg.serving import stop_process_group
+from tests.s3server import free_ports
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -30,19 +31,13 @@ class Threshold(mlflow.pyfunc.PythonModel):
         return (np.asarray(model_input, dtype=float) > 0.5).astype(int).tolist()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(s3_server, tmp_path_factory):
     """Yield (tracking URI, bucket) of a tracking server storing artifacts in S3."""
     bucket = f"mlflow-{uuid.uuid4().hex[:12]}"
     s3_server.client().create_bucket(Bucket=bucket)
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_ports(1)[0]
     env = {**os.environ, **s3_server.env(), "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no extra job-runner process
     cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
@@ -72,16 +67,7 @@ def mlflow_server(s3_server, tmp_path_factory):
 
 def _stop(proc, log):
     """Stop the server and its uvicorn worker (the process group it leads)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break  # the whole group is gone
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            pass
-    proc.wait()
+    stop_process_group(proc)
     log.close()
 
 

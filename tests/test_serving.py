@@ -7,7 +7,6 @@ import base64
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,15 +21,10 @@ import pytest
 from nanoseg import cli
 from nanoseg.errors import NanosegError
 from tests.conftest import IMAGES, write_small_dataset
+from tests.s3server import free_ports
 from tests.test_registry import save_tiny_model
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +61,7 @@ class Server:
     """The documented command, started on loopback in its own process group."""
 
     def __init__(self, store, log: Path):
-        self.port = _free_port()
+        self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/nanoseg@champion",
                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(self.port)]

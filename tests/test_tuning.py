@@ -6,7 +6,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ import yaml
 from nanoseg import tuning
 from nanoseg.errors import NanosegError
 from tests.conftest import REPO, write_small_dataset
+from tests.s3server import free_ports
 
 
 def test_storage_url_resolves_under_the_store_root(tmp_path, monkeypatch):
@@ -125,12 +125,6 @@ def test_pruned_and_failed_trials_are_nested_mlflow_runs(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- PostgreSQL, two workers
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _pg_bin() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
     if found:
@@ -151,7 +145,7 @@ def postgres():
     if os.geteuid() == 0:
         os.chown(base, 65534, 65534)
         prefix = ["runuser", "-u", "nobody", "--"]
-    port, data, sock = _free_port(), base / "data", base / "sock"
+    port, data, sock = free_ports(1)[0], base / "data", base / "sock"
     env = {**os.environ, "LC_ALL": "C"}
 
     def pg(*args, check=True):
