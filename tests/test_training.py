@@ -57,3 +57,40 @@ def test_bad_crop_and_batch(smoke_params):
     smoke_params["train"].update(crop=64, batch=8)
     with pytest.raises(NanosegError, match="larger than the 3 training images"):
         fit(imgs, masks, None, None, smoke_params)
+
+
+def test_cosine_lr_decays_to_the_final_factor():
+    from nanoseg.training import cosine_lr
+
+    assert cosine_lr(1e-3, 0.0) == pytest.approx(1e-3)
+    assert cosine_lr(1e-3, 1.0, 0.05) == pytest.approx(5e-5)
+    assert cosine_lr(1e-3, 2.0, 0.05) == pytest.approx(5e-5)  # clipped: never below the end value
+    lrs = [cosine_lr(1e-3, p) for p in np.linspace(0, 1, 11)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_lr_schedule_logged_and_ends_decayed(smoke_params):
+    imgs, masks = _data()
+    logged = []
+    smoke_params["train"].update(epochs=3, lr=1e-3, lr_final_factor=0.1)
+    _, history, info = fit(imgs, masks, imgs[:1], masks[:1], smoke_params, log=lambda m, e: logged.append(m))
+    lrs = history["learning_rate"]
+    assert len(lrs) == 3 and lrs[0] > lrs[-1] and all("learning_rate" in m for m in logged)
+    assert info["lr_final"] <= 1e-3 / 10 * 1.5  # the last step runs at about lr / 10
+    assert info["steps_done"] == 3 * 2 and info["cpu"]
+
+
+def test_val_every_best_epoch_indexes_training_epochs(smoke_params):
+    from nanoseg.training import best_epoch_of, save_history_csv
+
+    nan = float("nan")
+    assert best_epoch_of([nan, 0.5, nan, 0.3], 4) == 4
+    assert best_epoch_of([nan, 0.2, nan, 0.3], 4) == 2
+    assert best_epoch_of(None, 3) == 3
+    imgs, masks = _data()
+    smoke_params["train"].update(epochs=4, val_every=2)
+    _, history, info = fit(imgs, masks, imgs[:1], masks[:1], smoke_params)
+    assert len(history["val_loss"]) == len(history["loss"]) == 4
+    assert info["best_epoch"] in (2, 4)
+    assert np.isnan(history["val_loss"][0]) and np.isfinite(history["val_loss"][1])
+    save_history_csv(history, "/tmp/nanoseg-history-test.csv")  # equal lengths: writes

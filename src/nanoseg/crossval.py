@@ -20,7 +20,6 @@ import gc
 import hashlib
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +32,34 @@ from nanoseg.targets import instance_settings
 PAPER = {"dice": 0.940, "iou": 0.887, "accuracy": 0.993}  # Sanan & Isaac, mean over folds
 
 
+#: The code a fold's trained weights depend on (with every nanoseg module it imports: nanoseg.codehash).
+TRAINING_CODE = ("nanoseg.training",)
+#: The code its validation probability maps depend on, beyond the weights.
+INFERENCE_CODE = ("nanoseg.tiling",)
+INFERENCE_FILES = ("predict.py",)  # Predictor lives in predict.py, whose command imports half the package
+
+
 def config_key(params: dict, manifest, split: dict) -> str:
-    """A hash of everything a fold's result depends on."""
+    """A hash of everything a fold's trained model depends on: settings, split, image bytes and the
+    training code (:data:`TRAINING_CODE` and its imports), so that a change to e.g. losses.py trains again."""
+    from nanoseg.codehash import code_hash
+
     keep = {k: params[k] for k in ("model", "train", "data") if k in params}
     if params["model"].get("variant") == "instance":  # the paper variant's key ignores instance settings
         keep["instance"] = instance_settings(params)
-    keep["predict"] = {k: params["predict"][k] for k in ("tile", "overlap")}
-    blob = json.dumps([keep, split, sorted(manifest["image_sha256"])], sort_keys=True, default=str)
+    blob = json.dumps([keep, split, sorted(manifest["image_sha256"]), code_hash(TRAINING_CODE)],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def inference_key(params: dict, key: str) -> str:
+    """A hash of what a fold's validation probability maps depend on besides its model: tiling settings and code.
+    A finished fold whose maps were made otherwise is predicted again from its saved model (not retrained)."""
+    from nanoseg.codehash import ROOT, code_hash
+
+    files = b"".join((ROOT / f).read_bytes() for f in INFERENCE_FILES)
+    blob = json.dumps([key, {k: params["predict"][k] for k in ("tile", "overlap")}, code_hash(INFERENCE_CODE),
+                       hashlib.sha256(files).hexdigest()], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -89,13 +109,13 @@ def run_fold(k: int, fold: dict, manifest, params: dict, fold_dir: Path, key: st
     from nanoseg.metrics import pixel_metrics
     from nanoseg.model import save_model
     from nanoseg.plots import learning_curves
-    from nanoseg.training import fit, save_history_csv  # noqa: I001
+    from nanoseg.training import cpu_model, fit, save_history_csv  # noqa: I001
 
     root = params["_root"]
     tr_img, tr_mask = load_rows(manifest, fold["train"], root)
     va_img, va_mask = load_rows(manifest, fold["val"], root)
     fold_dir.mkdir(parents=True, exist_ok=True)
-    tags = {"stage": "cv", "fold": str(k), **variant_tags(params), "profile": params["profile"]}
+    tags = {"stage": "cv", "fold": str(k), **variant_tags(params), "profile": params["profile"], "cpu": cpu_model()}
     with tracking.start_run(f"fold-{k}", nested=True, tags=tags,
                             params={"fold": k, "variant": params["model"]["variant"], "n_train": len(tr_img),
                                     "n_val": len(va_img), **variant_params(params)}) as run:
@@ -105,19 +125,22 @@ def run_fold(k: int, fold: dict, manifest, params: dict, fold_dir: Path, key: st
         metrics = pixel_metrics(va_mask, [foreground_probability(p) for p in probs], threshold=0.5)
         tracking.log_metrics({f"val_{m}_at_0.5": v for m, v in metrics.items()})
         tracking.log_metrics({"best_epoch": info["best_epoch"], "epochs_run": info["epochs_run"],
-                              "train_seconds": info["seconds"]})
+                              "train_seconds": info["seconds"], "steps_done": info["steps_done"],
+                              "lr_final": info["lr_final"]})
         save_history_csv(history, fold_dir / "history.csv")
         curve = learning_curves(history, fold_dir / "learning_curves.png", title=f"fold {k}")
         tracking.log_artifact(curve, "plots")
-        with tempfile.TemporaryDirectory() as tmp:
-            meta = {"variant": params["model"]["variant"], "fold": k, "threshold": 0.5, **info}
-            if params["model"]["variant"] == "instance":
-                meta["instance"] = instance_settings(params)
-            folder = save_model(model, Path(tmp) / "model", meta)
-            tracking.log_artifact(folder, "model")
+        meta = {"variant": params["model"]["variant"], "profile": params["profile"], "fold": k, "threshold": 0.5,
+                "val": list(fold["val"]), "tile": params["predict"]["tile"], "overlap": params["predict"]["overlap"],
+                "crop": params["train"]["crop"], "mlflow_run_id": run.info.run_id, **info}
+        if params["model"]["variant"] == "instance":
+            meta["instance"] = instance_settings(params)
+        # kept on disk: the candidates for publishing (ensemble, best fold) are built from these
+        folder = save_model(model, fold_dir / "model", meta)
+        tracking.log_artifact(folder, "model")
         np.savez_compressed(fold_dir / "val_probs.npz", **{s: p.astype(np.float16) for s, p in zip(fold["val"], probs)})
-        result = {"fold": k, "key": key, "run_id": run.info.run_id, "val": fold["val"], **info,
-                  "metrics_at_0.5": metrics}
+        result = {"fold": k, "key": key, "inference_key": inference_key(params, key), "run_id": run.info.run_id,
+                  "val": fold["val"], **info, "metrics_at_0.5": metrics}
         _write_json(fold_dir / "result.json", result)
     del model
     keras.backend.clear_session()
@@ -168,12 +191,31 @@ def choose_instance_postprocess(truths, probs, threshold: float, params: dict, p
 
 
 def finished_fold(fold_dir: Path, key: str) -> dict | None:
+    """The fold's ``result.json`` when it was trained with the same settings, data and training code."""
     f = fold_dir / "result.json"
-    if f.is_file() and (fold_dir / "val_probs.npz").is_file():
+    if f.is_file() and (fold_dir / "val_probs.npz").is_file() and (fold_dir / "model" / "nanoseg.json").is_file():
         result = json.loads(f.read_text())
         if result.get("key") == key:
             return result
     return None
+
+
+def refresh_val_probs(result: dict, fold: dict, manifest, params: dict, fold_dir: Path) -> dict:
+    """Predict a finished fold's validation images again from its saved model when the inference code or
+    tiling settings changed since (its weights are still valid: same training key)."""
+    wanted = inference_key(params, result["key"])
+    if result.get("inference_key") == wanted:
+        return result
+    from nanoseg.model import load_model
+
+    print(f"fold {result['fold']}: inference code or tiling changed; predicting its validation images again")
+    model, _ = load_model(fold_dir / "model")
+    va_img, _ = load_rows(manifest, fold["val"], params["_root"])
+    probs = predict_images(model, va_img, params)
+    np.savez_compressed(fold_dir / "val_probs.npz", **{s: p.astype(np.float16) for s, p in zip(fold["val"], probs)})
+    result = {**result, "inference_key": wanted}
+    _write_json(fold_dir / "result.json", result)
+    return result
 
 
 def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
@@ -207,8 +249,9 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
             fold_dir = out_dir / f"fold_{k}"
             done = finished_fold(fold_dir, key)
             if done:
-                print(f"fold {k}: finished earlier (run {done['run_id']}), not trained again")
-                results.append(done)
+                print(f"fold {k}: finished earlier with the same settings, data and training code "
+                      f"(run {done['run_id']}), not trained again")
+                results.append(refresh_val_probs(done, fold, manifest, params, fold_dir))
                 continue
             results.append(run_fold(k, fold, manifest, params, fold_dir, key))
 

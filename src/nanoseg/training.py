@@ -26,7 +26,41 @@ from nanoseg.config import resolve
 from nanoseg.errors import NanosegError
 
 
-def _callbacks(keras, patience, max_minutes, log, epoch_offset=0, monitor="val_loss", label="training"):
+def cosine_lr(lr0: float, progress: float, final_factor: float = 0.05) -> float:
+    """Cosine decay from ``lr0`` at progress 0 to ``lr0 * final_factor`` at progress 1 (clipped to [0, 1])."""
+    p = min(max(float(progress), 0.0), 1.0)
+    return float(lr0) * (final_factor + (1.0 - final_factor) * 0.5 * (1.0 + math.cos(math.pi * p)))
+
+
+def _callbacks(keras, patience, max_minutes, log, epoch_offset=0, monitor="val_loss", label="training",
+               lr0=None, total_steps=None, final_factor=0.05):
+    class CosineSchedule(keras.callbacks.Callback):
+        """Learning rate by training progress: the larger of steps done / planned steps and wall time /
+        time budget, so a run stopped by its time budget has decayed to the end whatever the CPU's speed."""
+
+        def __init__(self):
+            super().__init__()
+            self.start = time.monotonic()
+            self.step = 0
+            self.lr = lr0
+
+        def progress(self) -> float:
+            by_steps = self.step / max(1, total_steps - 1) if total_steps else 0.0  # last step at the end value
+            by_time = (time.monotonic() - self.start) / (60.0 * max_minutes) if max_minutes else 0.0
+            return max(by_steps, by_time)
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.lr = cosine_lr(lr0, self.progress(), final_factor)
+            self.model.optimizer.learning_rate.assign(self.lr)
+            self.step += 1
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None:
+                logs["learning_rate"] = float(self.lr)
+                logs["progress"] = float(min(self.progress(), 1.0))
+            if self.progress() >= 1.0:  # the schedule has reached its end: stop here (decayed, never mid-way)
+                self.model.stop_training = True
+
     class TimeBudget(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
@@ -58,10 +92,14 @@ def _callbacks(keras, patience, max_minutes, log, epoch_offset=0, monitor="val_l
             logs = {k: float(v) for k, v in (logs or {}).items()}
             if log:
                 log(logs, epoch + epoch_offset)
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "learning_rate")
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in logs.items() if k not in ("learning_rate", "progress"))
+            shown += f", lr {logs['learning_rate']:.2e}" if "learning_rate" in logs else ""
             print(f"  {label} epoch {epoch + 1}: {shown} ({(time.monotonic() - self.start) / 60:.1f} min)", flush=True)
 
-    cbs = [TimeBudget(), NanGuard(), Log()]
+    cbs = [TimeBudget(), NanGuard()]
+    if lr0 is not None:
+        cbs.append(CosineSchedule())
+    cbs.append(Log())
     if patience:
         cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=int(patience), restore_best_weights=True,
                                                  mode="min", verbose=0))
@@ -152,24 +190,64 @@ def fit(train_images, train_masks, val_images, val_masks, params: dict, log=None
         ).apply(tf.data.experimental.assert_cardinality(len(val_images))).batch(1)  # known size: no Keras warning
     model = build_compiled(params)
     max_minutes = max_minutes if max_minutes is not None else t.get("max_minutes_per_fold")
+    n_epochs, val_every = int(epochs or t["epochs"]), int(t.get("val_every", 1))
+    final_factor = float(t.get("lr_final_factor", 0.05))
+    if not 0 < final_factor <= 0.1:
+        raise NanosegError(f"train.lr_final_factor = {final_factor}: the learning rate must decay to at most 1/10 "
+                           "of train.lr by the end of training; use a value in (0, 0.1] in params.yaml.")
     cbs = _callbacks(keras, t.get("patience") if val is not None else None, max_minutes, log,
-                     monitor="val_loss", label=label)
+                     monitor="val_loss", label=label, lr0=float(t["lr"]), total_steps=n_epochs * int(steps),
+                     final_factor=final_factor)
     start = time.monotonic()
-    hist = model.fit(ds, epochs=int(epochs or t["epochs"]), steps_per_epoch=int(steps), validation_data=val,
-                     validation_freq=int(t.get("val_every", 1)), callbacks=cbs, verbose=0)
+    hist = model.fit(ds, epochs=n_epochs, steps_per_epoch=int(steps), validation_data=val,
+                     validation_freq=val_every, callbacks=cbs, verbose=0, shuffle=False)  # tf.data shuffles
     seconds = time.monotonic() - start
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    n_run = len(history.get("loss", []))
+    for k, vals in history.items():  # validation every val_every epochs: align to the training epochs (nan between)
+        if k.startswith("val_") and len(vals) < n_run:
+            aligned = [float("nan")] * n_run
+            for i, v in enumerate(vals):
+                aligned[min(n_run, (i + 1) * val_every) - 1] = v
+            history[k] = aligned
     nan_guard = cbs[1]
     if nan_guard.nan_epoch is not None or any(not math.isfinite(v) for v in history.get("loss", [])):
         raise NanosegError(
             f"{label}: the training loss became NaN; training stopped. Lower train.lr (now {t['lr']}) or set "
             "train.mixed_bf16: false in params.yaml, then run again."
         )
-    vl = history.get("val_loss")
-    best_epoch = int(np.argmin(vl)) + 1 if vl else len(history.get("loss", []))
-    return model, history, {"best_epoch": best_epoch, "epochs_run": len(history.get("loss", [])),
+    epochs_run = len(history.get("loss", []))
+    best_epoch = best_epoch_of(history.get("val_loss"), epochs_run)
+    return model, history, {"best_epoch": best_epoch, "epochs_run": epochs_run,
                             "seconds": round(seconds, 1), "stopped_for_time": cbs[0].stopped_for_time,
-                            "steps_per_epoch": int(steps)}
+                            "steps_per_epoch": int(steps), "steps_done": epochs_run * int(steps),
+                            "lr_final": history.get("learning_rate", [float(t["lr"])])[-1],
+                            "restored_best": val is not None and bool(t.get("patience")), "cpu": cpu_model()}
+
+
+def best_epoch_of(val_loss, epochs_run: int) -> int:
+    """The 1-based training epoch of the lowest validation loss.
+
+    ``val_loss`` is aligned to the training epochs (nan on epochs without validation: Keras
+    validates after epochs ``val_every, 2 * val_every, ...``). Without validation: the last epoch.
+    """
+    vals = np.asarray(val_loss if val_loss else [], dtype=float)
+    if not np.isfinite(vals).any():
+        return epochs_run
+    return int(np.nanargmin(vals)) + 1
+
+
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def save_history_csv(history: dict, path: str | Path) -> Path:

@@ -1,0 +1,63 @@
+"""Which nanoseg source files a piece of code runs, and a hash of them.
+
+The closure follows every ``import nanoseg...`` / ``from nanoseg... import ...`` in
+the package's source, including imports inside functions (nanoseg imports heavy
+modules lazily), so it is what the code can run, not what one call happens to
+touch. Used for resume keys (a fold trained by other training code is trained
+again) and by the test that checks ``dvc.yaml`` deps against the import graph.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from pathlib import Path
+
+PACKAGE = "nanoseg"
+ROOT = Path(__file__).resolve().parent
+
+
+def module_file(name: str) -> Path | None:
+    """The source file of module ``name`` (``nanoseg.x.y``), or None when it is not a nanoseg module."""
+    parts = name.split(".")
+    if parts[0] != PACKAGE:
+        return None
+    base = ROOT.joinpath(*parts[1:])
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == PACKAGE)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
+                and node.module.split(".")[0] == PACKAGE:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names if module_file(f"{node.module}.{a.name}"))
+    return found
+
+
+def closure(modules) -> list[Path]:
+    """Source files of ``modules`` and of every nanoseg module they import, transitively (sorted)."""
+    todo, seen = list(modules), {}
+    while todo:
+        name = todo.pop()
+        path = module_file(name)
+        if path is None or name in seen:
+            continue
+        seen[name] = path
+        todo.extend(_imports(path))
+    return sorted(set(seen.values()))
+
+
+def code_hash(modules) -> str:
+    """A short sha256 of the source files in :func:`closure` (path and content)."""
+    h = hashlib.sha256()
+    for path in closure(modules):
+        h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
