@@ -182,13 +182,10 @@ def test_mode(base, manifest, split, models: dict, work) -> dict:
     from nanoseg.model import load_model
     from nanoseg.postprocess import baseline_instances, foreground_probability
     from nanoseg.predict import Predictor
-    from nanoseg.stages.evaluate import _class_masks
+    from nanoseg.testset import load_test
 
-    stems = split["test"]
-    root = Path(base["_root"])
-    images, masks = load_rows(manifest, stems, root)
-    rows = dict(zip(manifest["stem"], manifest["crop_rows"].astype(int)))
-    class_masks = _class_masks(manifest, stems, root, rows)
+    test = load_test(base, manifest, split)
+    stems, images, masks, class_masks = test.stems, test.images, test.masks, test.class_masks
     px = float(np.nanmedian(manifest["pixel_size_nm"])) if manifest["pixel_size_nm"].notna().any() else None
     p = base["predict"]
     out = {}

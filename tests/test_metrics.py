@@ -138,5 +138,41 @@ def test_real_bam_mask_against_itself():
     assert gt.max() > 5
     out = metrics.instance_metrics(gt, gt, pixel_size_nm=7.34375, gt_measurable="border")
     assert out["f1_50"] == out["f1_75"] == out["pq"] == 1.0
+    # ground truth as a prediction scores 1.0 in every subset (all and clean)
+    assert out["f1_50_clean"] == out["f1_75_clean"] == out["pq_clean"] == out["precision_50_clean"] == 1.0
+    assert 0 < out["n_gt_clean"] < out["n_gt"] and out["median_ecd_rel_error_clean"] == 0.0
     assert out["median_ecd_rel_error"] == 0.0
     assert metrics.pixel_metrics(crop, crop.astype(np.float32))["dice"] == 1.0
+
+
+def test_clean_subset_drops_specks_and_border_particles_on_both_sides():
+    gt = np.zeros((40, 40), np.int32)
+    gt[10:16, 10:16] = 1          # clean, 36 px
+    gt[0:6, 20:26] = 2            # touches the border
+    gt[30:33, 30:33] = 3          # 9 px speck
+    gt[20:26, 20:26] = 4          # clean, missed by the prediction
+    pred = np.zeros_like(gt)
+    pred[10:16, 10:16] = 1        # matches 1
+    pred[0:6, 30:36] = 2          # border FP: not counted in clean
+    pred[30:32, 20:22] = 3        # 4 px speck FP: not counted in clean
+    pred[5:11, 30:36] = 4         # clean FP
+    assert metrics.clean_ids(gt).tolist() == [1, 4]
+    out = metrics.instance_metrics(gt, pred)
+    assert (out["tp_clean"], out["fp_clean"], out["fn_clean"]) == (1, 1, 1)
+    assert out["f1_50_clean"] == pytest.approx(0.5)
+    assert (out["tp"], out["fp"], out["fn"]) == (1, 3, 3)
+    # a clean prediction matched to a non-clean particle (here the border one) is not a false positive
+    pred2 = gt.copy()
+    pred2[gt == 2] = 0
+    pred2[1:6, 20:26] = 2         # does not touch the border, matches particle 2 (IoU 5/6)
+    out2 = metrics.instance_metrics(gt, pred2)
+    assert out2["fp_clean"] == 0 and out2["f1_50_clean"] == 1.0
+
+
+def test_per_image_pixel_sizes():
+    gt = np.zeros((30, 30), np.int32)
+    gt[10:20, 10:20] = 1
+    out = metrics.instance_metrics([gt, gt], [gt, gt], pixel_size_nm=[1.0, 2.0])
+    assert out["median_ecd_gt"] == pytest.approx(np.sqrt(400 / np.pi) * 1.5)
+    with pytest.raises(NanosegError, match="pixel sizes"):
+        metrics.instance_metrics([gt, gt], [gt, gt], pixel_size_nm=[1.0])

@@ -39,12 +39,17 @@ INFERENCE_CODE = ("nanoseg.tiling",)
 INFERENCE_FILES = ("predict.py",)  # Predictor lives in predict.py, whose command imports half the package
 
 
+#: ``train`` settings that choose what is published, not how a fold trains (left out of the key)
+PUBLISH_ONLY = ("candidate", "final_val_fold")
+
+
 def config_key(params: dict, manifest, split: dict) -> str:
     """A hash of everything a fold's trained model depends on: settings, split, image bytes and the
     training code (:data:`TRAINING_CODE` and its imports), so that a change to e.g. losses.py trains again."""
     from nanoseg.codehash import code_hash
 
     keep = {k: params[k] for k in ("model", "train", "data") if k in params}
+    keep["train"] = {k: v for k, v in keep["train"].items() if k not in PUBLISH_ONLY}
     if params["model"].get("variant") == "instance":  # the paper variant's key ignores instance settings
         keep["instance"] = instance_settings(params)
     blob = json.dumps([keep, split, sorted(manifest["image_sha256"]), code_hash(TRAINING_CODE)],
@@ -148,7 +153,8 @@ def run_fold(k: int, fold: dict, manifest, params: dict, fold_dir: Path, key: st
     return result
 
 
-INSTANCE_KEYS = ("f1_50", "f1_75", "pq", "median_ecd_rel_error", "ecd_wasserstein", "n_gt", "n_pred")
+INSTANCE_KEYS = tuple(f"{k}{sub}" for sub in ("", "_clean") for k in
+                      ("f1_50", "f1_75", "pq", "median_ecd_rel_error", "ecd_wasserstein", "n_gt", "n_pred"))
 
 
 def choose_postprocess(truths, probs, threshold: float, params: dict, pixel_size_nm) -> dict:
@@ -168,7 +174,7 @@ def choose_postprocess(truths, probs, threshold: float, params: dict, pixel_size
     best = tune_split_params(probs, [truth_labels(t) for t in truths], grid)
     return {"opening_radius": int(post.get("opening_radius", 1)), "min_area_nm2": float(post.get("min_area_nm2", 0)),
             "split": bool(best["split"]), "min_distance_px": int(best["min_distance_px"]),
-            "val_f1_50": float(best["f1_50"])}
+            "val_f1_50": float(best["f1_50"]), "val_f1_50_clean": float(best["f1_50_clean"])}
 
 
 def choose_instance_postprocess(truths, probs, threshold: float, params: dict, pixel_size_nm) -> dict:
@@ -187,7 +193,7 @@ def choose_instance_postprocess(truths, probs, threshold: float, params: dict, p
     best = tune_instance_params(probs, [truth_labels(t) for t in truths], grid, decoder=inst["head"])
     return {"decoder": inst["head"], "opening_radius": radius, "min_area_nm2": float(post.get("min_area_nm2", 0)),
             "marker_threshold": float(best["marker_threshold"]), "min_marker_px": int(best["min_marker_px"]),
-            "val_f1_50": float(best["f1_50"])}
+            "val_f1_50": float(best["f1_50"]), "val_f1_50_clean": float(best["f1_50_clean"])}
 
 
 def finished_fold(fold_dir: Path, key: str) -> dict | None:
@@ -223,9 +229,10 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
     from tqdm import tqdm
 
     from nanoseg import tracking
-    from nanoseg.evaluation import score, segment
+    from nanoseg.evaluation import median_pixel_size, pixel_sizes, score, segment
     from nanoseg.metrics import PIXEL_METRICS, choose_threshold, summarize_folds
     from nanoseg.plots import error_overlay, metric_bars
+    from nanoseg.training import cpu_model
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -262,7 +269,7 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
             stored = np.load(out_dir / f"fold_{k}" / "val_probs.npz")
             images, masks = load_rows(manifest, fold["val"], root)
             p = [stored[s].astype(np.float32) for s in fold["val"]]
-            per_fold_data.append((images, masks, p))
+            per_fold_data.append((images, masks, p, pixel_sizes(manifest, fold["val"])))
             truths += masks
             probs += p
         threshold = float(choose_threshold(truths, [foreground_probability(p) for p in probs]))
@@ -270,12 +277,12 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
         plots_dir.mkdir(parents=True, exist_ok=True)
         for k in range(len(folds)):
             shutil.copyfile(out_dir / f"fold_{k}" / "history.csv", plots_dir / f"fold_{k}.csv")
-        px = float(np.nanmedian(manifest["pixel_size_nm"])) if manifest["pixel_size_nm"].notna().any() else None
+        px = median_pixel_size(manifest)  # only for the grid's minimum area; every image is scored with its own
         post = choose_postprocess(truths, probs, threshold, params, px)
-        per_fold = []
-        for k, (images, masks, p) in enumerate(per_fold_data):
-            segs = [segment(pk, threshold, post, px) for pk in p]
-            m = score(masks, p, [lab for _, lab in segs], px, threshold=threshold)
+        per_fold, own = [], {}
+        for k, (images, masks, p, pxs) in enumerate(per_fold_data):
+            segs = [segment(pk, threshold, post, pk_px) for pk, pk_px in zip(p, pxs)]
+            m = score(masks, p, [lab for _, lab in segs], pxs, threshold=threshold)
             per_fold.append(m)
             overlays = []
             for s, im, tr, (pred, _) in zip(folds[k]["val"], images, masks, segs):
@@ -283,6 +290,13 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
                                               title=f"fold {k} · {s} · threshold {threshold:.2f}"))
             tracking.log_to_run(results[k]["run_id"], metrics={f"val_{n}": v for n, v in m.items()},
                                 artifacts=overlays, artifact_path="overlays")
+            # the fold model on its own: threshold and post-processing tuned on its validation images only
+            # (what the `best_fold` publishing candidate carries)
+            t_k = float(choose_threshold(masks, [foreground_probability(pk) for pk in p]))
+            post_k = choose_postprocess(masks, p, t_k, params, px)
+            segs_k = [segment(pk, t_k, post_k, pk_px) for pk, pk_px in zip(p, pxs)]
+            own[str(k)] = {"threshold": t_k, "postprocess": post_k,
+                           "scores": score(masks, p, [lab for _, lab in segs_k], pxs, threshold=t_k)}
         summary = summarize_folds(per_fold)
         stats = {n: {"mean": summary[n]["mean"], "std": summary[n]["std"]} for n in PIXEL_METRICS}
         bars = metric_bars(stats, resolve(params, "plots/cv_summary/metrics_mean_std.png"), list(PIXEL_METRICS),
@@ -298,8 +312,13 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
             **{f"{n}_mean": summary[n]["mean"] for n in INSTANCE_KEYS if n in summary},
             **{f"{n}_std": summary[n]["std"] for n in INSTANCE_KEYS if n in summary},
             "best_epoch_median": int(np.median(best_epochs)),
+            "steps_done": [int(r.get("steps_done", 0)) for r in results],
+            "cpu": cpu_model(),
+            "key": key,
+            "profile": params["profile"],
             "postprocess": post,
             "per_fold": {str(k): m for k, m in enumerate(per_fold)},
+            "per_fold_own": own,
         }
         tracking.log_metrics({k: v for k, v in cv.items() if isinstance(v, (int, float))})
         tracking.log_dict(cv, "cv.json")

@@ -29,6 +29,18 @@ def min_area_px(post: dict, pixel_size_nm: float | None) -> int:
     return int(round(float(post.get("min_area_nm2", 0.0)) / float(pixel_size_nm) ** 2))
 
 
+def pixel_sizes(manifest, stems) -> list:
+    """Each image's own pixel size in nm (None where the manifest has none), in the order of ``stems``."""
+    by = manifest.set_index("stem")["pixel_size_nm"]
+    return [None if not np.isfinite(v) else float(v) for v in (float(by.loc[s]) for s in stems)]
+
+
+def median_pixel_size(manifest) -> float | None:
+    """The median pixel size of the manifest's images (None when none has one)."""
+    px = manifest["pixel_size_nm"]
+    return float(np.nanmedian(px)) if px.notna().any() else None
+
+
 def segment(prob: np.ndarray, threshold: float, post: dict, pixel_size_nm: float | None = None):
     """Probability map -> (mask, instance labels) with the stored post-processing settings.
 
@@ -68,6 +80,7 @@ def score(truths, probs, labels_list, pixel_size_nm=None, class_masks=None, thre
     probs : list of float arrays (probability maps or bool masks; instance-variant
         outputs (H, W, C) are scored by their foreground probability)
     labels_list : list of int arrays (predicted instances)
+    pixel_size_nm : float, list of float (one per image) or None
     class_masks : list of arrays or None
         Ground-truth measurable particles; predicted measurable = not touching the border.
     """
@@ -81,11 +94,12 @@ def score(truths, probs, labels_list, pixel_size_nm=None, class_masks=None, thre
 
 
 def baselines(images, truths, pixel_size_nm=None, class_masks=None, min_distance_px=5) -> dict:
-    """Scores of the classical baselines through the same code: ``otsu`` and ``otsu_watershed``."""
-    area = min_area_px(DEFAULT_POST, pixel_size_nm)
+    """Scores of the classical baselines through the same code: ``otsu`` and ``otsu_watershed``.
+    ``pixel_size_nm``: one value, one per image, or None."""
+    pxs = list(pixel_size_nm) if isinstance(pixel_size_nm, (list, tuple)) else [pixel_size_nm] * len(images)
     res = {}
     for name, ws in (("otsu", False), ("otsu_watershed", True)):
-        labels = [baseline_instances(im, watershed=ws, min_area_px=max(area, 1), min_distance_px=min_distance_px)
-                  for im in images]
+        labels = [baseline_instances(im, watershed=ws, min_area_px=max(min_area_px(DEFAULT_POST, px), 1),
+                                     min_distance_px=min_distance_px) for im, px in zip(images, pxs)]
         res[name] = score(truths, [lab > 0 for lab in labels], labels, pixel_size_nm, class_masks)
     return res

@@ -142,16 +142,11 @@ class Predictor:
         return stack.mean(axis=0).astype(np.float32), stack.std(axis=0).astype(np.float32)
 
 
-def _project_settings() -> dict:
-    from nanoseg.config import load_params, project_root
-
-    if not (project_root() / "params.yaml").is_file():
-        return {}
-    return dict(load_params().get("predict") or {})
-
-
 def resolve_settings(metadata: dict, overrides: dict | None = None) -> dict:
-    """Inference settings: built-in defaults < params.yaml ``predict`` < the model's metadata < overrides.
+    """Inference settings: built-in defaults < the model's metadata < overrides (the command line).
+
+    Nothing comes from a ``params.yaml`` in the working folder: a model runs the same wherever it is
+    used (the settings it was validated with travel in its ``nanoseg.json``).
 
     Returns a dict with ``tile, overlap, batch, tta, precision, threshold`` and
     ``postprocess`` (``opening_radius, min_area_nm2, split, min_distance_px``).
@@ -163,8 +158,7 @@ def resolve_settings(metadata: dict, overrides: dict | None = None) -> dict:
     unknown = set(overrides) - set(DEFAULTS) - {"postprocess"}
     if unknown:
         raise TypeError(f"unknown predictor settings {sorted(unknown)}; use some of {sorted(DEFAULTS)} or postprocess")
-    project = _project_settings()
-    settings = {**DEFAULTS, **{k: project[k] for k in DEFAULTS if k in project}}
+    settings = dict(DEFAULTS)
     settings.update({k: metadata[k] for k in ("tile", "overlap", "threshold") if metadata.get(k) is not None})
     post = {**DEFAULT_POST, "min_area_nm2": settings.pop("min_area_nm2"), **(metadata.get("postprocess") or {})}
     if "min_area_nm2" in overrides:
@@ -371,7 +365,7 @@ def predict_command(args) -> int:
     """``nanoseg predict IMAGES... --model M --out DIR [--overwrite] [--pixel-size X] [--databar-row N] [--tta]``.
 
     See the module docstring for the files written. Post-processing settings
-    come from the model's ``nanoseg.json`` (defaults: ``predict`` in params.yaml).
+    come from the model's ``nanoseg.json`` (never from a params.yaml in the working folder).
     """
     import pandas as pd
     from tqdm import tqdm

@@ -1,60 +1,47 @@
-"""Stage ``evaluate``: the final model on the held-out test images.
+"""Stage ``evaluate``: the candidate model AND the current champion on the held-out test images.
 
-Pixel metrics (the paper's seven) and instance/size metrics at the threshold and
-post-processing chosen in cross-validation, beside the classical baselines run
-through the same scoring code. Writes ``metrics/test.json`` and overlays to
-``plots/test/``; logs everything to MLflow (run ``evaluate-<label>-<profile>``, label
-``paper`` or ``instance-<head>``).
+Both are opened as users get them (:func:`nanoseg.testset.score_model`: ``nanoseg predict``'s
+settings, threshold and post-processing from each model's own metadata; the champion downloaded
+from the MLflow registry, ``models:/nanoseg@champion``, whatever run it came from) and scored by the
+same code: the paper's 7 pixel metrics, instance and size metrics on ``all`` and ``clean`` particles,
+each image with its own pixel size, beside the Otsu baselines. Writes ``metrics/test.json``
+(``model``: the candidate; ``champion``: its version, provenance tags and scores, or null) and
+overlays to ``plots/test/``; logs an MLflow run ``evaluate-<label>-<profile>``.
 """
 
 import json
 
-import numpy as np
-
 from nanoseg.config import load_params, resolve
-from nanoseg.dataset import load_rows, read_prepared
+from nanoseg.dataset import read_prepared
 from nanoseg.errors import report_errors
 
 MODEL = "models/final"
 
 
-def _class_masks(manifest, stems, root, rows):
-    from nanoseg.micrograph import read_mask
-
-    by = manifest.set_index("stem")
-    out = []
-    for s in stems:
-        path = by.loc[s, "class_mask_path"]
-        if not isinstance(path, str) or not path:
-            return None
-        out.append(read_mask(resolve({"_root": root}, path))[:rows[s]])
-    return out
-
-
 def command(args=None) -> int:
     from nanoseg import tracking
-    from nanoseg.crossval import predict_images
-    from nanoseg.evaluation import baselines, score, segment
-    from nanoseg.model import load_model
+    from nanoseg.evaluation import baselines
     from nanoseg.plots import error_overlay
+    from nanoseg.testset import load_test, model_fingerprint, numeric, score_champion, score_model, split_fingerprint
 
     params = load_params()
-    root = params["_root"]
     manifest, split = read_prepared(resolve(params, "prepared"))
-    model, meta = load_model(resolve(params, MODEL))
-    stems = split["test"]
-    images, masks = load_rows(manifest, stems, root)
-    rows = dict(zip(manifest["stem"], manifest["crop_rows"].astype(int)))
-    class_masks = _class_masks(manifest, stems, root, rows)
-    px = float(np.nanmedian(manifest["pixel_size_nm"])) if manifest["pixel_size_nm"].notna().any() else None
-    probs = predict_images(model, images, params)
-    threshold, post = float(meta["threshold"]), meta.get("postprocess", {})
-    segs = [segment(p, threshold, post, px) for p in probs]
-    model_scores = score(masks, probs, [lab for _, lab in segs], px, class_masks, threshold=threshold)
-    base = baselines(images, masks, px, class_masks, min_distance_px=int(post.get("min_distance_px", 5)))
+    test = load_test(params, manifest, split)
+    batch = int(params["predict"].get("batch", 4))
+    cand = score_model(resolve(params, MODEL), test, batch=batch)
+    meta, settings = cand["meta"], cand["settings"]
+    post = settings["postprocess"]
+    base = baselines(test.images, test.masks, test.pixel_sizes, test.class_masks,
+                     min_distance_px=int(post.get("min_distance_px", 5)))
+    champion = score_champion(params, test, batch=batch)
     head = (meta.get("instance") or {}).get("head")
-    result = {"model": model_scores, "baselines": base, "threshold": threshold, "postprocess": post,
-              "n_images": len(stems), "variant": meta.get("variant"), "instance_head": head, "pixel_size_nm": px}
+    result = {"model": numeric(cand["scores"]), "candidate": meta.get("candidate"),
+              "seconds_per_image": cand["seconds_per_image"], "threshold": settings["threshold"],
+              "postprocess": post, "champion": champion, "baselines": {k: numeric(v) for k, v in base.items()},
+              "n_images": len(test.stems), "images": test.stems, "variant": meta.get("variant"),
+              "instance_head": head, "pixel_sizes_nm": dict(zip(test.stems, test.pixel_sizes)),
+              "cv_key": meta.get("cv_key"), "model_fingerprint": model_fingerprint(resolve(params, MODEL)),
+              "split_fingerprint": split_fingerprint(split)}
     out = resolve(params, "metrics/test.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -63,19 +50,29 @@ def command(args=None) -> int:
     label = f"{variant}-{head}" if head else variant
     with tracking.start_run(f"evaluate-{label}-{params['profile']}",
                             tags={"stage": "evaluate", "variant": variant, "profile": params["profile"],
-                                  **({"instance_head": head} if head else {}),
-                                  "model_run_id": str(meta.get("mlflow_run_id", ""))}):
-        tracking.log_metrics({f"test_{k}": v for k, v in model_scores.items()})
-        for name, sc in base.items():
+                                  "candidate": str(meta.get("candidate")), **({"instance_head": head} if head else {}),
+                                  "model_run_id": str(meta.get("mlflow_run_id", "")),
+                                  "champion_version": champion["version"] if champion else "none"}):
+        tracking.log_metrics({f"test_{k}": v for k, v in result["model"].items()})
+        tracking.log_metrics({"seconds_per_image": cand["seconds_per_image"]})
+        if champion:
+            tracking.log_metrics({f"champion_{k}": v for k, v in champion["scores"].items()})
+        for name, sc in result["baselines"].items():
             tracking.log_metrics({f"{name}_{k}": v for k, v in sc.items()})
-        for s, im, tr, (pred, _) in zip(stems, images, masks, segs):
+        for s, im, tr, (pred, _) in zip(test.stems, test.images, test.masks, cand["segs"]):
             png = error_overlay(im, tr, pred, resolve(params, f"plots/test/overlay_{s}.png"),
-                                title=f"test · {s} · threshold {threshold:.2f}")
+                                title=f"test · {s} · threshold {settings['threshold']:.2f}")
             tracking.log_artifact(png, "overlays")
         tracking.log_artifact(out)
-    m = model_scores
-    print(f"test ({len(stems)} images): Dice {m['dice']:.3f}, IoU {m['iou']:.3f}, F1@0.5 {m['f1_50']:.3f}, "
-          f"PQ {m['pq']:.3f}, median ECD error {m['median_ecd_rel_error']:+.1%} -> metrics/test.json")
+    m = result["model"]
+    print(f"test ({len(test.stems)} images, candidate {meta.get('candidate')}): Dice {m['dice']:.3f}, "
+          f"F1@0.5 {m['f1_50']:.3f} (clean {m['f1_50_clean']:.3f}), PQ clean {m['pq_clean']:.3f}, "
+          f"median ECD error {m['median_ecd_rel_error']:+.1%}, {cand['seconds_per_image']:.2f} s/image")
+    if champion:
+        c = champion["scores"]
+        print(f"champion (version {champion['version']}) on the same images: Dice {c['dice']:.3f}, "
+              f"F1@0.5 clean {c['f1_50_clean']:.3f}")
+    print("-> metrics/test.json")
     return 0
 
 

@@ -1,13 +1,19 @@
-"""Stage ``train``: the final model on all training images, epochs from the CV result.
+"""Stage ``train``: the model to publish, ``models/final``, built as ``train.candidate`` says.
 
-Writes ``models/final/`` (model.keras + nanoseg.json with the CV-chosen threshold
-and post-processing settings; a DVC-cached output, not in git) and logs it to
-MLflow as run ``train-<label>-<profile>`` (label ``paper`` or ``instance-<head>``). The instance variant's model also
-records its ``instance`` settings (head, loss) and the decoder chosen in CV.
+``ensemble`` (default): the cross-validation's fold models averaged in one model, threshold and
+post-processing from the pooled out-of-fold predictions; ``best_fold``: the fold model with the
+best validation clean F1@0.5, with its own tuned settings; ``final``: a model trained on the
+training images less the validation images of fold ``train.final_val_fold``, best weights
+restored by early stopping and settings tuned on those images. Every candidate's weights were
+selected, and its settings tuned, on images it was not trained on (:mod:`nanoseg.candidates`).
+
+Writes ``models/final/`` (model.keras + nanoseg.json; DVC-cached, not in git) and logs an MLflow run
+``train-<label>-<profile>`` (tag ``candidate``).
 """
 
 import gc
 import json
+import time
 
 from nanoseg.config import load_params, resolve
 from nanoseg.dataset import load_rows, read_prepared
@@ -16,13 +22,69 @@ from nanoseg.errors import NanosegError, report_errors
 OUT = "models/final"
 
 
-def command(args=None) -> int:
+def check_cv(params: dict, cv: dict, cv_file, manifest, split) -> None:
+    """Refuse a ``metrics/cv.json`` made with other settings, data or training code than now."""
+    from nanoseg.crossval import config_key
+    from nanoseg.targets import instance_settings
+
+    variant = params["model"]["variant"]
+    decoder = (cv.get("postprocess") or {}).get("decoder")
+    wanted = instance_settings(params)["head"] if variant == "instance" else None
+    if decoder != wanted:
+        raise NanosegError(f"{cv_file}: the cross-validation result is for another model variant/head "
+                           f"(decoder {decoder!r}, settings ask for {wanted!r}); run `dvc repro cv` again.")
+    if cv.get("key") != config_key(params, manifest, split):
+        raise NanosegError(f"{cv_file}: the cross-validation was run with other settings, data or training code "
+                           "than the current ones; run `dvc repro cv` again.")
+
+
+def train_final(params: dict, manifest, split: dict, cv: dict, out, run_id: str) -> dict:
+    """The ``final`` candidate: train on the training images less one fold's validation images, early stopping
+    with best weights restored, threshold and post-processing tuned on the held-back images."""
     from nanoseg import tracking
-    from nanoseg.crossval import run_label, variant_params, variant_tags
+    from nanoseg.crossval import choose_postprocess, predict_images
+    from nanoseg.evaluation import median_pixel_size
+    from nanoseg.metrics import choose_threshold
     from nanoseg.model import save_model
     from nanoseg.plots import learning_curves
+    from nanoseg.postprocess import foreground_probability
     from nanoseg.targets import instance_settings
     from nanoseg.training import fit
+
+    t = params["train"]
+    k = int(t.get("final_val_fold", -1)) % len(split["folds"])
+    val = list(split["folds"][k]["val"])
+    train = [s for s in split["train"] if s not in set(val)]
+    root = params["_root"]
+    images, masks = load_rows(manifest, train, root)
+    va_img, va_mask = load_rows(manifest, val, root)
+    model, history, info = fit(images, masks, va_img, va_mask, params, log=tracking.log_metrics,
+                               max_minutes=t.get("final_max_minutes"), label="final model")
+    probs = predict_images(model, va_img, params)
+    threshold = float(choose_threshold(va_mask, [foreground_probability(p) for p in probs]))
+    post = choose_postprocess(va_mask, probs, threshold, params, median_pixel_size(manifest))
+    meta = {"variant": params["model"]["variant"], "profile": params["profile"], "candidate": "final",
+            "threshold": threshold, "postprocess": post, "tile": params["predict"]["tile"],
+            "overlap": params["predict"]["overlap"], "crop": t["crop"], "val": val, "n_train": len(train),
+            "tuned_on": f"{len(val)} held-back training images (validation images of fold {k})",
+            "mlflow_run_id": run_id, **info}
+    if params["model"]["variant"] == "instance":
+        meta["instance"] = instance_settings(params)
+    save_model(model, out, meta)
+    curve = learning_curves(history, resolve(params, "plots/train/learning_curves.png"), title="final model")
+    tracking.log_artifact(curve, "plots")
+    tracking.log_metrics({"epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"],
+                          "train_seconds": info["seconds"], "steps_done": info["steps_done"]})
+    del model
+    gc.collect()
+    return meta
+
+
+def command(args=None) -> int:
+    from nanoseg import tracking
+    from nanoseg.candidates import CANDIDATES, make_best_fold, make_ensemble
+    from nanoseg.crossval import run_label, variant_params, variant_tags
+    from nanoseg.training import cpu_model
 
     params = load_params()
     manifest, split = read_prepared(resolve(params, "prepared"))
@@ -30,36 +92,35 @@ def command(args=None) -> int:
     if not cv_file.is_file():
         raise NanosegError(f"{cv_file}: no cross-validation result; run `dvc repro cv` first.")
     cv = json.loads(cv_file.read_text())
-    epochs = max(1, int(cv["best_epoch_median"]))
-    variant = params["model"]["variant"]
-    decoder = (cv.get("postprocess") or {}).get("decoder")
-    wanted = instance_settings(params)["head"] if variant == "instance" else None
-    if decoder != wanted:
-        raise NanosegError(f"{cv_file}: the cross-validation result is for another model variant/head "
-                           f"(decoder {decoder!r}, settings ask for {wanted!r}); run `dvc repro cv` again.")
-    images, masks = load_rows(manifest, split["train"], params["_root"])
+    check_cv(params, cv, cv_file, manifest, split)
+    candidate = params["train"].get("candidate", "ensemble")
+    if candidate not in CANDIDATES:
+        raise NanosegError(f"train.candidate = {candidate!r}: use one of {', '.join(CANDIDATES)} in params.yaml.")
+    out = resolve(params, OUT)
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
     tracking.setup(params=params)
-    tags = {"stage": "train", **variant_tags(params), "profile": params["profile"]}
+    tags = {"stage": "train", **variant_tags(params), "profile": params["profile"], "candidate": candidate,
+            "cpu": cpu_model()}
+    start = time.monotonic()
     with tracking.start_run(f"train-{run_label(params)}-{params['profile']}", tags=tags,
-                            params={"variant": variant, "epochs_from_cv": epochs, "n_train": len(images),
+                            params={"variant": params["model"]["variant"], "candidate": candidate,
                                     **variant_params(params)}) as run:
-        model, history, info = fit(images, masks, None, None, params, log=tracking.log_metrics, epochs=epochs,
-                                   max_minutes=params["train"].get("final_max_minutes"), label="final model")
-        meta = {"variant": variant, "profile": params["profile"], "threshold": cv["threshold"],
-                "postprocess": cv["postprocess"], "tile": params["predict"]["tile"],
-                "overlap": params["predict"]["overlap"], "crop": params["train"]["crop"],
-                "epochs": info["epochs_run"], "cv_dice_mean": cv["dice_mean"], "mlflow_run_id": run.info.run_id}
-        if variant == "instance":
-            meta["instance"] = instance_settings(params)
-            meta["cv_f1_50_mean"] = cv.get("f1_50_mean")
-        folder = save_model(model, resolve(params, OUT), meta)
-        curve = learning_curves(history, resolve(params, "plots/train/learning_curves.png"), title="final model")
-        tracking.log_artifact(curve, "plots")
-        tracking.log_artifact(folder, "model")
-        tracking.log_metrics({"epochs_run": info["epochs_run"], "train_seconds": info["seconds"]})
-    del model
+        common = {"mlflow_run_id": run.info.run_id, "cv_key": cv.get("key"),
+                  "cv_dice_mean": cv.get("dice_mean"), "cv_f1_50_clean_mean": cv.get("f1_50_clean_mean")}
+        if candidate == "ensemble":
+            _, meta = make_ensemble(resolve(params, "cv"), cv, out, common)
+        elif candidate == "best_fold":
+            _, meta = make_best_fold(resolve(params, "cv"), cv, out, common)
+        else:
+            meta = train_final(params, manifest, split, cv, out, run.info.run_id)
+            meta.update(common)
+            (out / "nanoseg.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        tracking.log_dict(meta, "nanoseg.json")
     gc.collect()
-    print(f"final model: {info['epochs_run']} epochs in {info['seconds']:.0f} s -> {OUT}/ (MLflow run {run.info.run_id})")
+    print(f"train: candidate {candidate!r} -> {OUT}/ ({time.monotonic() - start:.0f} s, MLflow run {run.info.run_id})")
     return 0
 
 
