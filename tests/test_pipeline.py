@@ -88,11 +88,23 @@ def test_smoke_pipeline_end_to_end(project):
         assert {"model", "plots", "overlays"} <= arts
     assert "dice_mean" in parents[0].data.metrics
 
-    # publish registered the final model; the champion alias resolves
-    assert (project / "reports/publish.json").is_file()
-    version = mlflow.MlflowClient().get_model_version_by_alias("nanoseg", "champion")
-    assert version.tags.get("data_md5") and version.tags.get("git_commit")
-    assert version.tags.get("variant") == "instance" and version.tags.get("val_f1_50")  # ranked by validation F1
+    # the candidate: the fold models as one ensemble, scored by evaluate as users get it
+    meta = json.loads((project / "models/final/nanoseg.json").read_text())
+    assert meta["candidate"] == "ensemble" and meta["ensemble"]["members"] == 2
+    assert {"f1_50_clean", "pq_clean", "tp_clean"} <= set(test["model"]) and test["champion"] is None
+    assert test["model_fingerprint"] and test["split_fingerprint"]
+    # publish registered it, but a smoke run never becomes @champion
+    record = json.loads((project / "reports/publish.json").read_text())
+    assert not record["promoted"] and [c["check"] for c in record["checks"] if not c["passed"]][0] == "profile"
+    assert "registered but NOT promoted" in run.stdout
+    client = mlflow.MlflowClient()
+    version = client.get_model_version("nanoseg", record["version"])
+    assert version.tags.get("data_md5") and version.tags.get("git_commit") and version.tags["validation"] == "failed"
+    assert version.tags.get("variant") == "instance" and version.tags.get("test_f1_50_clean")
+    assert "smoke" in version.tags["validation_reasons"]
+    bad = sh("nanoseg", "predict", str(sorted((project / "data/Electron Microscopy Images/SEM").glob("*.tif"))[0]),
+             "--model", "models:/nanoseg@champion", "--out", "nope", cwd=project, check=False)
+    assert bad.returncode == 2 and "none holds the alias 'champion'" in bad.stderr and "Traceback" not in bad.stderr
 
     # an interrupted/repeated cv does not train finished folds again
     again = sh("python", "-m", "nanoseg.stages.cv", cwd=project)

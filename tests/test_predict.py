@@ -199,3 +199,47 @@ def test_nonexistent_model_or_image(sem_crop, tmp_path):
     with pytest.raises(NanosegError, match="not found"):
         predict_command(args([tmp_path / "missing.tif"], tmp_path / "nomodel", tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_settings_come_from_the_model_not_a_params_yaml_in_the_working_folder(tmp_path, monkeypatch):
+    folder = save_model(passthrough_model(), tmp_path / "m", {"threshold": 0.3, "tile": 128})
+    other = tmp_path / "another-project"
+    other.mkdir()
+    (other / "params.yaml").write_text("predict: {tile: 64, overlap: 0}\nnot_nanoseg: true\n")  # not ours
+    monkeypatch.chdir(other)
+    pred, meta = load_predictor(folder)
+    assert (pred.tile, pred.overlap, meta["threshold"]) == (128, 64, 0.3)
+
+
+def test_ensemble_mean_spread_and_predict_files(sem_crop, tmp_path):
+    """The ensemble candidate: one model averaging fold models; its members' spread is a second uncertainty map."""
+    from nanoseg.candidates import build_ensemble
+
+    members = []
+    for seed in (1, 2):
+        keras.utils.set_random_seed(0)  # same (random) encoder: shared in the ensemble
+        m = build_unet(weights=None, decoder_filters=(8, 8, 8, 8, 8))
+        keras.utils.set_random_seed(seed)
+        head = m.get_layer("head")
+        head.kernel.assign(np.random.normal(size=head.kernel.shape).astype(np.float32))
+        members.append(m)
+    ensemble, shared = build_ensemble(members)
+    assert shared
+    folder = save_model(ensemble, tmp_path / "ens", {"variant": "paper", "threshold": 0.5, "candidate": "ensemble"})
+    pred, _ = load_predictor(folder, precision="keep")
+    assert pred.members == 2
+    image = np.random.default_rng(0).random((96, 160)).astype(np.float32)
+    singles = [Predictor(m).probability(image) for m in members]
+    mean, spread = pred.probability_with_spread(image)
+    np.testing.assert_allclose(pred.probability(image), np.mean(singles, axis=0), atol=1e-5)
+    np.testing.assert_allclose(mean, np.mean(singles, axis=0), atol=1e-5)
+    np.testing.assert_allclose(spread, np.std(singles, axis=0), atol=1e-5)
+    a = args([sem_crop[0]], folder, tmp_path / "out")
+    a.spread = True
+    assert predict_command(a) == 0
+    assert tifffile.imread(tmp_path / "out" / "crop_spread.tif").shape == (200, 300)
+    single = save_model(members[0], tmp_path / "one", {"variant": "paper", "threshold": 0.5})
+    b = args([sem_crop[0]], single, tmp_path / "out2")
+    b.spread = True
+    with pytest.raises(NanosegError, match="--spread needs an ensemble"):
+        predict_command(b)

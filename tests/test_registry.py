@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from nanoseg.errors import NanosegError
-from nanoseg.stages.publish import promotion
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -41,89 +41,194 @@ def save_tiny_model(folder):
     return save_model(model, folder, META)
 
 
+def save_broken_model(folder):
+    """A candidate that outputs foreground everywhere (today's failure, exaggerated)."""
+    from nanoseg.model import build_unet, configure_precision, save_model
+
+    configure_precision(False)
+    model = build_unet(weights=None, decoder_filters=(8, 8, 8, 8, 8))
+    head = model.get_layer("head")
+    head.kernel.assign(np.zeros(head.kernel.shape, np.float32))
+    head.bias.assign(np.array([40.0], np.float32))
+    return save_model(model, folder, META)
+
+
+def set_threshold(folder, threshold):
+    meta = json.loads((folder / "nanoseg.json").read_text())
+    (folder / "nanoseg.json").write_text(json.dumps({**meta, "threshold": threshold}))
+
+
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """A project folder with models/final, data.dvc and a git commit, its MLflow store inside it."""
+def project(tmp_path_factory, bam_dir):
+    """A project folder (smoke profile that may publish, small BAM crops prepared), data.dvc, a git commit,
+    its MLflow store inside it."""
+    import yaml
+
+    from tests.conftest import write_small_dataset
+
     root = tmp_path_factory.mktemp("registry")
-    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    data = write_small_dataset(root / "dataset", n=8)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["profile"] = "smoke"
+    params["data"]["source"] = params["data"]["dir"] = str(data)
+    params["publish"]["profiles"] = ["smoke"]  # this test's candidates are smoke models
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
     (root / "data.dvc").write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef.dir\n  path: data\n")
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=root, check=True)
+    subprocess.run([*git, "add", "params.yaml", "data.dvc"], cwd=root, check=True)
     subprocess.run([*git, "commit", "-qm", "x"], cwd=root, check=True)
-    save_tiny_model(root / "models/final")
     (root / "metrics").mkdir()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NANOSEG_HOME", str(root))
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.delenv("NANOSEG_PROFILE", raising=False)
         mp.chdir(root)
+        from nanoseg.stages import prepare
+
+        assert prepare.command() == 0
         yield root
 
 
-def write_test_metrics(root, dice, f1, val_f1=0.5):
-    (root / "metrics/test.json").write_text(json.dumps({"model": {"dice": dice, "f1_50": f1, "n_pred": 12},
-                                                        "baselines": {"otsu": {"dice": 0.5}}}))
-    (root / "metrics/cv.json").write_text(json.dumps({"threshold": 0.5, "folds": 2, "dice_mean": dice,
-                                                      "f1_50_mean": val_f1, "f1_50_std": 0.01}))
+def write_cv(root, dice, f1_clean, std=0.01):
+    """metrics/cv.json as the cv stage writes it: the CV estimate the gate holds the candidate to."""
+    (root / "metrics/cv.json").write_text(json.dumps({
+        "threshold": 0.5, "folds": 2, "dice_mean": dice, "dice_std": std, "f1_50_clean_mean": f1_clean,
+        "f1_50_clean_std": std, "f1_50_mean": f1_clean, "f1_50_std": std}))
 
 
-def test_promotion_rule():
-    assert promotion({"val_f1_50": 0.5}, None) == (True, "no champion yet")
-    assert promotion({"val_f1_50": 0.9}, {"val_f1_50": 0.9})[0]  # "at least" the champion's
-    ok, why = promotion({"val_f1_50": 0.89, "f1_50": 0.99}, {"val_f1_50": 0.9, "f1_50": 0.1})
-    assert not ok and why == "validation f1_50 0.8900 < champion's 0.9000"  # the default: validation F1
-    ok, why = promotion({"dice": 0.89}, {"dice": 0.9}, rank_by="dice")
-    assert not ok and why == "test dice 0.8900 < champion's 0.9000"
-    assert promotion({"dice": 0.1, "f1_50": 0.95}, {"dice": 0.9, "f1_50": 0.9}, rank_by="f1_50")[0]
-    assert promotion({"val_f1_50": 0.5}, {"dice": 0.9})[0]  # a champion without the score is replaced
-    assert not promotion({"val_f1_50": float("nan")}, {"val_f1_50": 0.2})[0]
+def evaluate_and_publish(capsys):
+    from nanoseg.stages import evaluate, publish
 
-
-def test_publish_registers_versions_and_moves_champion_by_the_rule(project, capsys):
-    import mlflow
-
-    from nanoseg.config import load_params
-    from nanoseg.stages import publish as stage
-
-    write_test_metrics(project, 0.80, 0.60, val_f1=0.50)
-    assert stage.command() == 0
-    assert "version 1 is now @champion (no champion yet)" in capsys.readouterr().out
-
-    write_test_metrics(project, 0.70, 0.90, val_f1=0.40)  # worse validation F1: registered, not promoted
-    assert stage.command() == 0
+    assert evaluate.command() == 0
+    assert publish.command() == 0
     out = capsys.readouterr().out
-    assert "version 2 registered but NOT promoted: validation f1_50 0.4000 < champion's 0.5000" in out
-    assert json.loads((project / "reports/publish.json").read_text())["champion_version"] == "1"
+    return json.loads((Path.cwd() / "metrics/test.json").read_text()), json.loads(
+        (Path.cwd() / "reports/publish.json").read_text()), out
+
+
+def score_only(folder):
+    """The model's test scores, as evaluate measures them, without registering anything."""
+    from nanoseg.config import load_params, resolve
+    from nanoseg.dataset import read_prepared
+    from nanoseg.testset import load_test, score_model
 
     params = load_params()
-    params["publish"]["rank_by"] = "f1_50"  # a variant that ranks by instance F1
-    record = stage.publish(params)
-    assert record["version"] == "3" and record["promoted"] and "f1_50 0.9000 >= champion's 0.6000" in record["reason"]
+    manifest, split = read_prepared(resolve(params, "prepared"))
+    return score_model(folder, load_test(params, manifest, split))["scores"]
 
-    client = mlflow.MlflowClient()
-    assert str(client.get_model_version_by_alias("nanoseg", "champion").version) == "3"
-    v2 = client.get_model_version("nanoseg", "2")
-    assert v2.tags["test_dice"] == "0.7" and v2.tags["test_f1_50"] == "0.9" and v2.tags["val_f1_50"] == "0.4"
-    assert v2.tags["data_md5"] == "0123456789abcdef0123456789abcdef.dir" and len(v2.tags["git_commit"]) == 40
-    assert json.loads(v2.tags["params"])["train"]["lr"] == params["train"]["lr"]
-    run = mlflow.get_run(v2.run_id)
-    assert run.data.metrics["test_dice"] == pytest.approx(0.7) and run.data.tags["promoted"] == "False"
-    assert run.data.tags["stage"] == "publish"
+
+def champion_version():
+    import mlflow
+
+    try:
+        return str(mlflow.MlflowClient().get_model_version_by_alias("nanoseg", "champion").version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def test_gate_rule():
+    from nanoseg.stages.publish import RULE, gate
+
+    cv = {"dice_mean": 0.95, "dice_std": 0.003, "f1_50_clean_mean": 0.79, "f1_50_clean_std": 0.03}
+    good = {"scores": {"dice": 0.94, "f1_50_clean": 0.76}, "profile": "cpu", "data_md5": "d", "split": "s",
+            "fingerprint_ok": True}
+    ok, checks = gate(good, cv, None, RULE)
+    assert ok and [c["check"] for c in checks] == ["profile", "provenance", "cv_dice", "cv_f1_50_clean", "champion"]
+    # today's failure: Dice 0.795 / F1 0.42 against a CV of 0.954 / 0.787 -> refused on both metrics
+    ok, checks = gate({**good, "scores": {"dice": 0.795, "f1_50_clean": 0.42}}, cv, None, RULE)
+    assert not ok and [c["check"] for c in checks if not c["passed"]] == ["cv_dice", "cv_f1_50_clean"]
+    assert "0.7950 < CV 0.9500 - 0.0300" in checks[2]["detail"]  # tolerance max(2 x 0.003, 0.03)
+    assert "- 0.0600" in checks[3]["detail"]  # 2 x std 0.03
+    assert not gate({**good, "profile": "smoke"}, cv, None, RULE)[0]  # a smoke run never publishes
+    assert not gate({**good, "fingerprint_ok": False}, cv, None, RULE)[0]  # stale metrics/test.json
+    champ = {"version": "3", "scores": {"f1_50_clean": 0.77}, "tags": {"data_md5": "d", "split": "s", "profile": "cpu"}}
+    ok, checks = gate(good, cv, champ, RULE)
+    assert not ok and "0.7600 < champion version 3's 0.7700 on the same images" in checks[-1]["detail"]
+    assert gate(good, cv, {**champ, "scores": {"f1_50_clean": 0.76}}, RULE)[0]  # "at least as good"
+    other = {**champ, "scores": {"f1_50_clean": 0.1}, "tags": {**champ["tags"], "data_md5": "old"}}
+    ok, checks = gate(good, cv, other, RULE)
+    assert not ok and "not like with like" in checks[-1]["detail"]
+    assert gate(good, cv, other, {**RULE, "replace_incomparable": True})[0]
+    smoke_champion = {**champ, "scores": {"f1_50_clean": 0.99}, "tags": {**champ["tags"], "profile": "smoke"}}
+    assert gate(good, cv, smoke_champion, RULE)[0]  # a champion that should never have been is replaced
+    assert not gate({**good, "scores": {"dice": float("nan"), "f1_50_clean": 0.8}}, cv, None, RULE)[0]
+
+
+def test_publish_gate_end_to_end(project, capsys):
+    """Today's failure reproduced in minutes: evaluate scores candidate and champion on the same test images,
+    publish moves @champion only for a candidate that holds its CV estimate and beats the champion."""
+    import mlflow
+
+    from nanoseg.predict import load_predictor
+
+    final = project / "models/final"
+    # 1. a first candidate far below its CV estimate: registered, validation=failed, no alias
+    save_broken_model(final)
+    write_cv(project, dice=0.9, f1_clean=0.6)
+    test, record, out = evaluate_and_publish(capsys)
+    assert test["champion"] is None and test["model"]["recall"] == 1.0
+    assert not record["promoted"] and record["version"] == "1" and champion_version() is None
+    assert "registered but NOT promoted" in out and "no version holds @champion yet" in out
+    v1 = mlflow.MlflowClient().get_model_version("nanoseg", "1")
+    assert v1.tags["validation"] == "failed" and "dice" in v1.tags["validation_reasons"]
+    with pytest.raises(NanosegError, match=r"none holds the alias 'champion' \(version\(s\) 1 failed the publish gate"):
+        load_predictor("models:/nanoseg@champion")
+
+    # 2. a working (worse-thresholded) model whose CV estimate it holds: the first champion
+    save_tiny_model(final)
+    set_threshold(final, 0.9)
+    scores = score_only(final)
+    write_cv(project, dice=scores["dice"], f1_clean=scores["f1_50_clean"])
+    test, record, out = evaluate_and_publish(capsys)
+    assert record["promoted"] and champion_version() == record["version"] == "2", out
+    worse = test["model"]["f1_50_clean"]
+
+    # 3. the broken candidate again, with a CV estimate it would meet: refused against the champion, who stays
+    save_broken_model(final)
+    bscores = score_only(final)
+    write_cv(project, dice=bscores["dice"], f1_clean=bscores["f1_50_clean"])
+    test, record, out = evaluate_and_publish(capsys)
+    assert test["champion"]["version"] == "2" and test["champion"]["scores"]["f1_50_clean"] == pytest.approx(worse)
+    assert not record["promoted"] and champion_version() == "2"
+    assert [c["check"] for c in record["checks"] if not c["passed"]] == ["champion"]
+    assert "@champion stays on version 2" in out
+
+    # 4. a better candidate replaces the worse champion
+    save_tiny_model(final)
+    better = score_only(final)
+    assert better["f1_50_clean"] > worse
+    write_cv(project, dice=better["dice"], f1_clean=better["f1_50_clean"])
+    test, record, out = evaluate_and_publish(capsys)
+    assert record["promoted"] and champion_version() == record["version"]
+    assert record["previous_champion"]["version"] == "2" and "is now @champion" in out
+    v = mlflow.MlflowClient().get_model_version("nanoseg", record["version"])
+    assert v.tags["validation"] == "passed" and v.tags["data_md5"] == "0123456789abcdef0123456789abcdef.dir"
+    assert v.tags["split"] and v.tags["test_f1_50_clean"] and v.tags["cv_dice_mean"] and len(v.tags["git_commit"]) == 40
+
+    # 5. metrics/test.json from other model files: refused (provenance), nothing scored twice silently
+    set_threshold(final, 0.5 + 1e-6)
+    from nanoseg.stages import publish
+
+    assert publish.command() == 0
+    record = json.loads((project / "reports/publish.json").read_text())
+    assert not record["promoted"] and [c["check"] for c in record["checks"] if not c["passed"]] == ["provenance"]
 
     info = mlflow.models.get_model_info("models:/nanoseg@champion")
     assert [c.name for c in info.signature.inputs] == ["image", "name", "pixel_size_nm", "databar_row"]
     assert "particles" in info.signature.outputs.input_names() and info.saved_input_example_info
-    assert info.metadata["nanoseg"]["threshold"] == 0.5
 
 
-def test_champion_loads_as_pyfunc_and_refuses_bad_input(project):
+def test_champion_loads_as_pyfunc_and_refuses_bad_input(project, capsys):
     import mlflow
 
     from nanoseg.serving import input_example
 
-    if not (project / "reports/publish.json").is_file():
-        pytest.skip("needs the publish test")
+    if champion_version() is None:  # self-contained: publish a champion when this test runs alone
+        save_tiny_model(project / "models/final")
+        scores = score_only(project / "models/final")
+        write_cv(project, dice=scores["dice"], f1_clean=scores["f1_50_clean"])
+        evaluate_and_publish(capsys)
     model = mlflow.pyfunc.load_model("models:/nanoseg@champion")
     out = model.predict(input_example(), params={"return_images": False})
     assert len(out) == 1 and out[0]["name"] == "example.png" and out[0]["unit"] == "nm"
@@ -141,20 +246,25 @@ def test_publish_refuses_missing_inputs_and_registers_nothing(project, tmp_path)
     from nanoseg.config import load_params
     from nanoseg.stages.publish import publish
 
+    save_tiny_model(project / "models/final")
+    write_cv(project, 0.9, 0.9)
+    if not (project / "metrics/test.json").is_file():
+        (project / "metrics/test.json").write_text(json.dumps({"model": {"dice": 0.9, "f1_50_clean": 0.9}}))
     before = len(mlflow.MlflowClient().search_model_versions("name='nanoseg'"))
     params = load_params()
-    params["publish"]["rank_by"] = "pq"
-    write_test_metrics(project, 0.9, 0.9)
-    with pytest.raises(NanosegError, match="publish.rank_by = 'pq' is not a test metric"):
+    params["publish"]["rank_by"] = "nope"
+    with pytest.raises(NanosegError, match="publish.rank_by = 'nope' is not a test metric"):
         publish(params)
-    params["publish"]["rank_by"] = "val_pq"
-    with pytest.raises(NanosegError, match=r"'val_pq' is not a cross-validation mean .*run `dvc repro cv`"):
+    params["publish"] = {"rank_by": "dice", "tolerence_min": 0.1}
+    with pytest.raises(NanosegError, match=r"unknown setting\(s\) \['tolerence_min'\]"):
         publish(params)
+    params["publish"] = {}
     params["_root"] = str(tmp_path)
     with pytest.raises(NanosegError, match="no test metrics; run `dvc repro evaluate`"):
         publish(params)
     (tmp_path / "metrics").mkdir()
     shutil.copy(project / "metrics/test.json", tmp_path / "metrics/test.json")
+    shutil.copy(project / "metrics/cv.json", tmp_path / "metrics/cv.json")
     with pytest.raises(NanosegError, match="model folder not found or incomplete"):
         publish(params)
     assert len(mlflow.MlflowClient().search_model_versions("name='nanoseg'")) == before

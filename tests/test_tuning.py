@@ -97,9 +97,11 @@ def test_pruned_and_failed_trials_are_nested_mlflow_runs(tmp_path, monkeypatch):
 
     monkeypatch.setattr(training, "fit", fake_fit)
     monkeypatch.setattr(crossval, "predict_images", lambda model, images, p: [m.astype(float) for m in masks])
-    masks = [np.eye(8, dtype=bool)]
-    data = {0: ([], [], [np.zeros((8, 8))], masks), 1: ([], [], [np.zeros((8, 8))], masks)}
-    params = {"train": {"lr": 1e-4, "batch": 4, "epochs": 3}, "profile": "smoke"}
+    masks = [np.zeros((40, 40), bool)]
+    masks[0][5:15, 5:15] = masks[0][20:30, 20:32] = True  # two clean particles: predicted perfectly
+    data = {0: ([], [], [np.zeros((40, 40))], masks), 1: ([], [], [np.zeros((40, 40))], masks)}
+    params = {"train": {"lr": 1e-4, "batch": 4, "epochs": 3}, "profile": "smoke", "model": {"variant": "paper"},
+              "postprocess": {"opening_radius": 0, "min_area_nm2": 0, "min_distance_grid": [5]}}
     tune = {"lr": [1e-5, 1e-3], "batch": [2, 4, 8]}
     tracking.setup("tune-test")
     study = tuning.open_study(f"sqlite:///{tmp_path / 'optuna.db'}", "stub",
@@ -115,7 +117,8 @@ def test_pruned_and_failed_trials_are_nested_mlflow_runs(tmp_path, monkeypatch):
         [parent.info.experiment_id], filter_string="tags.stage = 'tune'", output_format="list")}
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in runs.values())
     assert runs["0"].info.status == "FINISHED" and runs["0"].data.tags["optuna_state"] == "COMPLETE"
-    assert runs["0"].data.metrics["mean_val_dice"] == pytest.approx(1.0)
+    assert runs["0"].data.metrics["mean_val_f1_50_clean"] == pytest.approx(1.0)
+    assert runs["0"].data.metrics["fold0_val_f1_50_clean"] == pytest.approx(1.0)
     assert runs["0"].data.params["batch"] == "2" and "fold1_val_dice_coefficient" in runs["0"].data.metrics
     assert runs["1"].info.status == "KILLED" and runs["1"].data.tags["optuna_state"] == "PRUNED"
     assert "fold 0 epoch 1" in runs["1"].data.tags["optuna_pruned_at"]
@@ -253,8 +256,8 @@ def test_tune_command_prunes_resumes_and_reports(project):
     trials = {r.data.tags["optuna_trial"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
     assert len(parents) == 1 and set(trials) == {"0", "1"}  # the resumed study logs under the same run
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in trials.values())
-    assert trials["0"].data.tags["optuna_state"] == "COMPLETE" and "mean_val_dice" in trials["0"].data.metrics
+    assert trials["0"].data.tags["optuna_state"] == "COMPLETE" and "mean_val_f1_50_clean" in trials["0"].data.metrics
     assert trials["1"].info.status == "KILLED" and trials["1"].data.tags["optuna_state"] == "PRUNED"
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(parents[0].info.run_id, "plots")}
     assert "plots/optimization_history.png" in arts
-    assert "best_mean_val_dice" in parents[0].data.metrics
+    assert "best_mean_val_f1_50_clean" in parents[0].data.metrics

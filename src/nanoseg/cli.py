@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--tta", action="store_true", help="test-time augmentation + uncertainty map")
+    p.add_argument("--spread", action="store_true",
+                   help="ensemble models: also write <stem>_spread.tif, the members' disagreement (std)")
     p.set_defaults(func=_call("nanoseg.predict:predict_command"))
 
     p = sub.add_parser("tune", help="Optuna search over learning rate and batch size (trials as MLflow runs)")

@@ -13,6 +13,7 @@ measures every particle and writes, for each input ``<stem>``::
     <stem>_labels.tif       uint16 (uint32 if needed) instance labels, 0 = background
     <stem>_overlay.png      particle contours on the image, scale bar in nm (px without pixel size)
     <stem>_uncertainty.tif  float32 TTA standard deviation (only with --tta)
+    <stem>_spread.tif       float32 std of an ensemble's members' foreground probability (only with --spread)
 
 and for the run ``particles.csv`` (one row per particle, units in the column
 names), ``summary.json`` and ``psd.png`` (ECD distribution of the measurable
@@ -119,6 +120,51 @@ class Predictor:
         if self.tta:
             return self.probability_with_uncertainty(image)[0]
         return self._single(image)
+
+    @property
+    def members(self) -> int:
+        """How many models this ensemble averages (0 for a single model)."""
+        from nanoseg.candidates import member_outputs
+
+        return len(member_outputs(self.model))
+
+    def probability_with_spread(self, image) -> tuple[np.ndarray, np.ndarray]:
+        """An ensemble's mean output and the members' spread, in one pass (the same cost as :meth:`probability`).
+
+        Returns
+        -------
+        mean : ndarray
+            Like :meth:`probability` (without TTA).
+        spread : (H, W) ndarray
+            Per-pixel standard deviation of the members' foreground probabilities: a second
+            uncertainty map beside the TTA one (members disagree where the training folds did).
+        """
+        import keras
+        import tensorflow as tf
+
+        from nanoseg.candidates import member_outputs
+        from nanoseg.postprocess import foreground_probability
+
+        outs = member_outputs(self.model)
+        if not outs:
+            raise NanosegError("--spread needs an ensemble model (train.candidate: ensemble); this model is a single "
+                               "network: use --tta for an uncertainty map.")
+        if not hasattr(self, "_members_fn"):
+            sub = keras.Model(self.model.input, outs)
+            self._members_fn = tf.function(lambda x: tf.concat([tf.cast(o, tf.float32) for o in sub(x, training=False)],
+                                                               axis=-1),
+                                           input_signature=[tf.TensorSpec((None, None, None, 1), tf.float32)])
+        image = self._image(image)
+        stacked = predict_tiled(lambda t: self._members_fn(np.asarray(t, np.float32)).numpy(), image,
+                                self._tile_for(image.shape), self.overlap, self.batch)
+        k = len(outs)
+        per = np.clip(stacked.reshape(*stacked.shape[:2], k, -1), 0.0, 1.0)
+        mean = per.mean(axis=2)
+        if mean.shape[-1] == 1:
+            mean = mean[..., 0]
+        fg = np.stack([foreground_probability(per[:, :, i, :] if per.shape[-1] > 1 else per[:, :, i, 0])
+                       for i in range(k)])
+        return mean.astype(np.float32), fg.std(axis=0).astype(np.float32)
 
     def probability_with_uncertainty(self, image) -> tuple[np.ndarray, np.ndarray]:
         """Test-time augmentation over the 8 dihedral transforms (flips x rot90).
@@ -315,9 +361,13 @@ def predict_one(predictor, settings, path, out_dir, args):
         mg = read_micrograph(path, pixel_size=args.pixel_size, databar_row=args.databar_row)
     notes = [str(w.message) for w in caught if issubclass(w.category, PixelSizeWarning)]
     sample = mg.sample
-    std = None
+    std = spread = None
     if settings["tta"]:
         prob, std = predictor.probability_with_uncertainty(sample)
+        if getattr(args, "spread", False):
+            spread = predictor.probability_with_spread(sample)[1]
+    elif getattr(args, "spread", False):
+        prob, spread = predictor.probability_with_spread(sample)
     else:
         prob = predictor.probability(sample)
     _, sample_labels = segment(prob, settings["threshold"], settings["postprocess"], mg.pixel_size_nm)
@@ -335,6 +385,10 @@ def predict_one(predictor, settings, path, out_dir, args):
         full_std = np.zeros(mg.shape, dtype=np.float32)
         full_std[: mg.databar_row] = std
         tifffile.imwrite(out_dir / f"{stem}_uncertainty.tif", full_std)
+    if spread is not None:
+        full_spread = np.zeros(mg.shape, dtype=np.float32)
+        full_spread[: mg.databar_row] = spread
+        tifffile.imwrite(out_dir / f"{stem}_spread.tif", full_spread)
     table = particle_table(labels.astype(np.int32), mg.pixel_size_nm, full_prob, mg.path.name, mg.databar_row)
     info = {"image": mg.path.name, "path": str(mg.path), "width": mg.width, "height": mg.height,
             "pixel_size_nm": mg.pixel_size_nm, "pixel_size_source": mg.pixel_size_source,
@@ -342,6 +396,7 @@ def predict_one(predictor, settings, path, out_dir, args):
             "measurable": int(table["measurable"].sum()) if len(table) else 0,
             "foreground_fraction": float((sample_labels > 0).mean()),
             "mean_uncertainty": None if std is None else float(std.mean()),
+            "mean_ensemble_spread": None if spread is None else float(spread.mean()),
             "seconds": round(time.perf_counter() - start, 2), "notes": notes}
     return table, info
 
@@ -388,6 +443,9 @@ def predict_command(args) -> int:
         if not p.is_file():
             raise NanosegError(f"{p}: image not found; check the path.")
     predictor, settings = load_predictor(args.model, tta=True if getattr(args, "tta", False) else None)
+    if getattr(args, "spread", False) and not predictor.members:
+        raise NanosegError(f"{args.model}: --spread needs an ensemble model (train.candidate: ensemble); this one is "
+                           "a single network: use --tta for an uncertainty map.")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:

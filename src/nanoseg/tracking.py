@@ -183,6 +183,8 @@ def download_model(uri: str, dst: str | os.PathLike | None = None) -> Path:
     holding its ``nanoseg.json`` and ``model.keras``."""
     setup_uri = tracking_uri()
     mlflow.set_tracking_uri(setup_uri)
+    if uri.startswith("models:/"):
+        check_model_uri(uri)  # a missing alias or version gets its own message
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst) if dst else None))
     except Exception as exc:  # MlflowException, OSError, ...
@@ -327,6 +329,23 @@ def check_model_uri(uri: str) -> None:
     body = uri[len("models:/"):]
     name, _, ref = body.partition("@") if "@" in body else body.partition("/")
     client = mlflow.MlflowClient()
+    if "@" in body:
+        try:
+            versions = client.search_model_versions(f"name='{name}'")
+        except mlflow.exceptions.MlflowException:
+            versions = []
+        try:
+            client.get_model_version_by_alias(name, ref)
+            return
+        except mlflow.exceptions.MlflowException:
+            if versions:
+                failed = sorted(int(v.version) for v in versions if (v.tags or {}).get("validation") == "failed")
+                raise NanosegError(
+                    f"{uri}: the registered model {name!r} has {len(versions)} version(s) but none holds the alias "
+                    f"{ref!r}" + (f" (version(s) {', '.join(map(str, failed))} failed the publish gate: see their "
+                                  "tag validation_reasons or reports/publish.json)" if failed else "")
+                    + f". Pass --model models:/{name}/<version> to use a version anyway, or a saved model folder."
+                ) from None
     try:
         if "@" in body:
             client.get_model_version_by_alias(name, ref)

@@ -1,7 +1,8 @@
 """Hyper-parameter search with Optuna: learning rate and batch size (``nanoseg tune``).
 
-The objective of a trial is the mean validation Dice (pixel Dice at 0.5, as in
-:mod:`nanoseg.crossval`) over a subset of the CV folds (``tune.folds``). While a
+The objective of a trial is the metric the publish gate ranks models by: the mean validation
+instance F1 at IoU 0.5 on the ``clean`` subset, each fold's threshold and post-processing tuned on its
+own validation images as in :mod:`nanoseg.crossval`, over a subset of the CV folds (``tune.folds``). While a
 fold trains, its per-epoch validation Dice is reported to the trial
 (step = fold position x epochs + epoch), so the pruner (``tune.pruner``) can stop
 hopeless trials early; a pruned trial raises :class:`optuna.TrialPruned` from
@@ -14,7 +15,7 @@ study (sqlite serves one worker). Running again continues the study until it
 holds ``tune.n_trials`` finished (complete or pruned) trials.
 
 MLflow: one run per study (``tune-<study>``) with each trial as a nested run
-(parameters, per-epoch metrics, ``mean_val_dice``, tag ``optuna_state``
+(parameters, per-epoch metrics, ``mean_val_f1_50_clean``, tag ``optuna_state``
 COMPLETE / PRUNED / FAIL; pruned runs end KILLED, failed ones FAILED) and the
 study's plots as PNG artifacts. The best setting goes to
 ``tune/best_params.yaml``; ``params.yaml`` is never rewritten.
@@ -186,8 +187,25 @@ def val_dice_key(logs: dict) -> str | None:
     return keys[0] if keys else None
 
 
-def cv_objective(params: dict, data: dict, tune: dict, tracker=None):
-    """The Optuna objective: mean validation Dice of the trial's setting over the chosen folds.
+OBJECTIVE = "mean_val_f1_50_clean"
+
+
+def fold_score(va_mask, probs, params: dict, pixel_size_nm=None) -> dict:
+    """A trained fold's validation scores as the gate ranks models: threshold and post-processing chosen
+    on these images (:func:`nanoseg.crossval.choose_postprocess`); ``f1_50_clean`` and pixel ``dice``."""
+    from nanoseg.crossval import choose_postprocess
+    from nanoseg.metrics import choose_threshold, pixel_metrics
+    from nanoseg.postprocess import foreground_probability
+
+    fg = [foreground_probability(q) for q in probs]
+    threshold = float(choose_threshold(va_mask, fg))
+    post = choose_postprocess(va_mask, probs, threshold, params, pixel_size_nm)
+    return {"f1_50_clean": post["val_f1_50_clean"], "dice": float(pixel_metrics(va_mask, fg, threshold)["dice"]),
+            "threshold": threshold}
+
+
+def cv_objective(params: dict, data: dict, tune: dict, tracker=None, pixel_size_nm=None):
+    """The Optuna objective: mean validation clean F1@0.5 (:func:`fold_score`) over the chosen folds.
 
     Parameters
     ----------
@@ -205,8 +223,6 @@ def cv_objective(params: dict, data: dict, tune: dict, tracker=None):
         import optuna
 
         from nanoseg.crossval import predict_images
-        from nanoseg.metrics import pixel_metrics
-        from nanoseg.postprocess import foreground_probability
         from nanoseg.training import fit
 
         hp = suggest(trial, tune)
@@ -236,17 +252,17 @@ def cv_objective(params: dict, data: dict, tune: dict, tracker=None):
                     try:
                         model, _, info = fit(tr_img, tr_mask, va_img, va_mask, p, log=log,
                                              label=f"trial {trial.number} fold {k}")
-                        probs = [foreground_probability(q) for q in predict_images(model, va_img, p)]
-                        dice = float(pixel_metrics(va_mask, probs, threshold=0.5)["dice"])
+                        sc = fold_score(va_mask, predict_images(model, va_img, p), p, pixel_size_nm)
                     finally:
                         model = None
                         free_memory()
-                    dices.append(dice)
+                    dices.append(sc["f1_50_clean"])
                     if tracker:
-                        tracker.log_metrics({f"fold{k}_val_dice": dice, f"fold{k}_best_epoch": info["best_epoch"]})
+                        tracker.log_metrics({f"fold{k}_val_f1_50_clean": sc["f1_50_clean"],
+                                             f"fold{k}_val_dice": sc["dice"], f"fold{k}_best_epoch": info["best_epoch"]})
                 value = sum(dices) / len(dices)
                 if tracker:
-                    tracker.log_metrics({"mean_val_dice": value})
+                    tracker.log_metrics({OBJECTIVE: value})
                     tracker.set_tags({"optuna_state": "COMPLETE"})
                 return value
             except optuna.TrialPruned as exc:
@@ -286,7 +302,7 @@ def best_setting(study) -> dict:
     best = study.best_trial
     train = {"lr": float(best.params["lr"]), "batch": int(best.params["batch"])}
     command = "dvc exp run " + " ".join(f"-S train.{k}={v!r}" for k, v in train.items())
-    return {"study": study.study_name, "trial": best.number, "metric": "mean_val_dice",
+    return {"study": study.study_name, "trial": best.number, "metric": OBJECTIVE,
             "value": float(best.value), "train": train, "command": command}
 
 
@@ -295,7 +311,7 @@ def write_best(best: dict, path: str | os.PathLike, storage: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     head = (f"# Best trial of Optuna study {best['study']!r} ({_safe(storage)}):\n"
-            f"# mean validation Dice {best['value']:.4f}. Written by `nanoseg tune`; params.yaml is unchanged.\n"
+            f"# mean validation clean F1@0.5 {best['value']:.4f}. Written by `nanoseg tune`; params.yaml is unchanged.\n"
             f"# Train with it:  {best['command']}\n")
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(head + yaml.safe_dump(best, sort_keys=False))
@@ -357,6 +373,7 @@ def tune(params: dict, n_trials: int | None = None, storage: str | None = None, 
     """Run (or continue) the study; write ``tune/best_params.yaml`` and the plots; return the best setting."""
     from nanoseg import tracking
     from nanoseg.dataset import read_prepared
+    from nanoseg.evaluation import median_pixel_size
 
     t = params.get("tune") or {}
     if not t:
@@ -383,7 +400,8 @@ def tune(params: dict, n_trials: int | None = None, storage: str | None = None, 
                                                             "profile": params["profile"]}) as run:
             if not parent:
                 study.set_user_attr("mlflow_run_id", run.info.run_id)
-            ran = optimize(study, cv_objective(params, data, t, tracker=tracking), n_trials, timeout_minutes)
+            objective = cv_objective(params, data, t, tracker=tracking, pixel_size_nm=median_pixel_size(manifest))
+            ran = optimize(study, objective, n_trials, timeout_minutes)
             _report(study, params, url, tracking, ran)
     elif any(t_.state.name == "COMPLETE" for t_ in study.trials):
         _report(study, params, url, None, 0)
@@ -409,12 +427,12 @@ def _report(study, params: dict, url: str, tracking, ran: int) -> None:
     path = write_best(best, resolve(params, BEST_FILE), url)
     plots = save_plots(study, resolve(params, PLOTS_DIR))
     if tracking:
-        tracking.log_metrics({"best_mean_val_dice": best["value"], "best_trial": best["trial"]})
+        tracking.log_metrics({f"best_{OBJECTIVE}": best["value"], "best_trial": best["trial"]})
         tracking.set_tags({"best_params": json.dumps(best["train"])})
         for png in plots:
             tracking.log_artifact(png, "plots")
         tracking.log_artifact(path)
-    print(f"tune: best trial {best['trial']}: mean validation Dice {best['value']:.4f} with "
+    print(f"tune: best trial {best['trial']}: mean validation clean F1@0.5 {best['value']:.4f} with "
           f"lr {best['train']['lr']:.3g}, batch {best['train']['batch']} -> {BEST_FILE}")
     print(f"tune: reproduce it with:  {best['command']}")
 
