@@ -63,5 +63,5 @@ def test_unknown_model_uri(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("NANOSEG_HOME", str(tmp_path))
     tracking.setup("unit-test")
-    with pytest.raises(NanosegError, match="no such model"):
+    with pytest.raises(NanosegError, match="not found in the model registry"):
         tracking.download_model("models:/does-not-exist@champion")

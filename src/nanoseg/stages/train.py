@@ -13,7 +13,9 @@ Writes ``models/final/`` (model.keras + nanoseg.json; DVC-cached, not in git) an
 
 import gc
 import json
+import shutil
 import time
+from pathlib import Path
 
 from nanoseg.config import load_params, resolve
 from nanoseg.dataset import load_rows, read_prepared
@@ -80,6 +82,14 @@ def train_final(params: dict, manifest, split: dict, cv: dict, out, run_id: str)
     return meta
 
 
+def _copy_member_curves(cv_dir: Path, folds, plots: Path) -> None:
+    """The candidate's learning curves are its fold models' curves: copy them to ``plots/train``."""
+    for k in folds:
+        curve = Path(cv_dir) / f"fold_{k}" / "learning_curves.png"
+        if curve.is_file():
+            shutil.copyfile(curve, plots / f"fold_{k}_learning_curves.png")
+
+
 def command(args=None) -> int:
     from nanoseg import tracking
     from nanoseg.candidates import CANDIDATES, make_best_fold, make_ensemble
@@ -98,8 +108,6 @@ def command(args=None) -> int:
         raise NanosegError(f"train.candidate = {candidate!r}: use one of {', '.join(CANDIDATES)} in params.yaml.")
     out = resolve(params, OUT)
     if out.exists():
-        import shutil
-
         shutil.rmtree(out)
     tracking.setup(params=params)
     tags = {"stage": "train", **variant_tags(params), "profile": params["profile"], "candidate": candidate,
@@ -110,10 +118,16 @@ def command(args=None) -> int:
                                     **variant_params(params)}) as run:
         common = {"mlflow_run_id": run.info.run_id, "cv_key": cv.get("key"),
                   "cv_dice_mean": cv.get("dice_mean"), "cv_f1_50_clean_mean": cv.get("f1_50_clean_mean")}
+        plots = resolve(params, "plots/train")
+        if plots.exists():
+            shutil.rmtree(plots)
+        plots.mkdir(parents=True)
         if candidate == "ensemble":
             _, meta = make_ensemble(resolve(params, "cv"), cv, out, common)
+            _copy_member_curves(resolve(params, "cv"), range(int(cv["folds"])), plots)
         elif candidate == "best_fold":
             _, meta = make_best_fold(resolve(params, "cv"), cv, out, common)
+            _copy_member_curves(resolve(params, "cv"), [meta["fold"]], plots)
         else:
             meta = train_final(params, manifest, split, cv, out, run.info.run_id)
             meta.update(common)
