@@ -154,7 +154,8 @@ def run_fold(k: int, fold: dict, manifest, params: dict, fold_dir: Path, key: st
 
 
 INSTANCE_KEYS = tuple(f"{k}{sub}" for sub in ("", "_clean") for k in
-                      ("f1_50", "f1_75", "pq", "median_ecd_rel_error", "ecd_wasserstein", "n_gt", "n_pred"))
+                      ("f1_50", "f1_75", "pq", "median_ecd_rel_error", "ecd_wasserstein", "n_gt", "n_pred")) + (
+    "matched_ecd_bias", "err_merged_share")
 
 
 def choose_postprocess(truths, probs, threshold: float, params: dict, pixel_size_nm) -> dict:
@@ -229,9 +230,10 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
     from tqdm import tqdm
 
     from nanoseg import tracking
-    from nanoseg.evaluation import median_pixel_size, pixel_sizes, score, segment
+    from nanoseg.error_analysis import error_summary, merged_mask
+    from nanoseg.evaluation import median_pixel_size, pixel_sizes, score, segment, truth_labels
     from nanoseg.metrics import PIXEL_METRICS, choose_threshold, summarize_folds
-    from nanoseg.plots import error_overlay, metric_bars
+    from nanoseg.plots import error_bars, error_overlay, metric_bars
     from nanoseg.training import cpu_model
 
     out_dir = Path(out_dir)
@@ -279,15 +281,19 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
             shutil.copyfile(out_dir / f"fold_{k}" / "history.csv", plots_dir / f"fold_{k}.csv")
         px = median_pixel_size(manifest)  # only for the grid's minimum area; every image is scored with its own
         post = choose_postprocess(truths, probs, threshold, params, px)
-        per_fold, own = [], {}
+        per_fold, own, pooled_gt, pooled_pred = [], {}, [], []
         for k, (images, masks, p, pxs) in enumerate(per_fold_data):
             segs = [segment(pk, threshold, post, pk_px) for pk, pk_px in zip(p, pxs)]
             m = score(masks, p, [lab for _, lab in segs], pxs, threshold=threshold)
             per_fold.append(m)
             overlays = []
-            for s, im, tr, (pred, _) in zip(folds[k]["val"], images, masks, segs):
+            for s, im, tr, (pred, lab) in zip(folds[k]["val"], images, masks, segs):
+                gt = truth_labels(tr)
+                pooled_gt.append(gt)
+                pooled_pred.append(lab)
                 overlays.append(error_overlay(im, tr, pred, out_dir / f"fold_{k}" / f"overlay_{s}.png",
-                                              title=f"fold {k} · {s} · threshold {threshold:.2f}"))
+                                              title=f"fold {k} · {s} · threshold {threshold:.2f}",
+                                              merged=merged_mask(gt, lab)))
             tracking.log_to_run(results[k]["run_id"], metrics={f"val_{n}": v for n, v in m.items()},
                                 artifacts=overlays, artifact_path="overlays")
             # the fold model on its own: threshold and post-processing tuned on its validation images only
@@ -303,6 +309,9 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
                            title=f"{len(folds)}-fold CV ({run_label(params)}, {params['profile']} profile)",
                            reference=PAPER)
         tracking.log_artifact(bars, "plots")
+        errors = error_summary(pooled_gt, pooled_pred)  # counts over all validation images of all folds
+        tracking.log_artifact(error_bars(errors, resolve(params, "plots/cv_summary/errors.png"),
+                                         title=f"{len(folds)}-fold CV, all validation images"), "plots")
         best_epochs = [r["best_epoch"] for r in results]
         cv = {
             "threshold": threshold,
@@ -319,6 +328,7 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
             "postprocess": post,
             "per_fold": {str(k): m for k, m in enumerate(per_fold)},
             "per_fold_own": own,
+            "errors": errors,
         }
         tracking.log_metrics({k: v for k, v in cv.items() if isinstance(v, (int, float))})
         tracking.log_dict(cv, "cv.json")

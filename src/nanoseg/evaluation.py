@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from nanoseg.error_analysis import error_summary
 from nanoseg.metrics import instance_metrics, pixel_metrics
 from nanoseg.postprocess import (DECODERS, baseline_instances, binarize, clean_mask, decode_instances,
                                   foreground_probability, label_instances, remove_small_instances)
@@ -72,7 +73,7 @@ def truth_labels(mask: np.ndarray) -> np.ndarray:
 
 
 def score(truths, probs, labels_list, pixel_size_nm=None, class_masks=None, threshold=0.5) -> dict:
-    """Pixel and instance metrics pooled over images.
+    """Pixel and instance metrics pooled over images, with the error classes of :mod:`nanoseg.error_analysis`.
 
     Parameters
     ----------
@@ -90,6 +91,7 @@ def score(truths, probs, labels_list, pixel_size_nm=None, class_masks=None, thre
     pm = ["border"] * len(gts) if class_masks is not None else None
     inst = instance_metrics(gts, labels_list, pixel_size_nm=pixel_size_nm, gt_measurable=gm, pred_measurable=pm)
     out.update(inst)
+    out.update(error_summary(gts, list(labels_list)))
     return out
 
 

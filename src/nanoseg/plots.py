@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-COLORS = {"tp": (0.1, 0.8, 0.1), "fp": (0.95, 0.15, 0.1), "fn": (0.15, 0.35, 1.0)}
+COLORS = {"tp": (0.1, 0.8, 0.1), "fp": (0.95, 0.15, 0.1), "fn": (0.15, 0.35, 1.0), "merged": (0.85, 0.1, 0.85)}
 
 
 def _out(path) -> Path:
@@ -43,9 +43,11 @@ def learning_curves(history: dict, path, title: str = "") -> Path:
     return path
 
 
-def error_overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, path, title: str = "") -> Path:
-    """Image with true positives green, false positives red, false negatives blue,
-    and the contours of ground truth (white) and prediction (yellow)."""
+def error_overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, path, title: str = "",
+                  merged: np.ndarray | None = None) -> Path:
+    """Image with true positives green, false positives red, false negatives blue, the manual particles
+    that came out merged with a neighbour magenta (``merged``: bool mask, optional), and the contours of
+    ground truth (white) and prediction (yellow)."""
     from skimage.segmentation import find_boundaries
 
     path = _out(path)
@@ -54,6 +56,8 @@ def error_overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, path, 
     truth, pred = truth.astype(bool), pred.astype(bool)
     for key, sel in (("tp", truth & pred), ("fp", ~truth & pred), ("fn", truth & ~pred)):
         rgb[sel] = 0.55 * rgb[sel] + 0.45 * np.array(COLORS[key])
+    if merged is not None and merged.any():
+        rgb[merged] = 0.45 * rgb[merged] + 0.55 * np.array(COLORS["merged"])
     rgb[find_boundaries(truth, mode="inner")] = (1.0, 1.0, 1.0)
     rgb[find_boundaries(pred, mode="inner")] = (1.0, 0.9, 0.0)
     h, w = gray.shape
@@ -61,8 +65,34 @@ def error_overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, path, 
     ax = fig.add_axes([0, 0, 1, h / (h + 40)])
     ax.imshow(rgb, interpolation="nearest")
     ax.set_axis_off()
-    fig.text(0.01, 0.99, title + "   TP green · FP red · FN blue · truth white · prediction yellow",
+    legend = "TP green · FP red · FN blue · " + ("merged magenta · " if merged is not None else "")
+    fig.text(0.01, 0.99, title + "   " + legend + "truth white · prediction yellow",
              va="top", fontsize=9)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def error_bars(summary: dict, path, title: str = "") -> Path:
+    """Bar chart of the error classes (:func:`nanoseg.error_analysis.error_summary`): unmatched manual
+    particles (merged / split / missed / outline) and unmatched predictions, in counts."""
+    from nanoseg.error_analysis import PRED_CLASSES, TRUTH_CLASSES
+
+    path = _out(path)
+    names = [f"manual: {c}" for c in TRUTH_CLASSES] + [f"predicted: {c}" for c in PRED_CLASSES]
+    vals = [summary.get(f"err_{c}", 0) for c in TRUTH_CLASSES] + [summary.get(f"err_pred_{c}", 0) for c in PRED_CLASSES]
+    colors = ["#C44E52"] * len(TRUTH_CLASSES) + ["#8172B2"] * len(PRED_CLASSES)
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    y = np.arange(len(names))
+    ax.barh(y, vals, color=colors)
+    for yi, v in zip(y, vals):
+        ax.text(v, yi, f" {v:.0f}", va="center", fontsize=8)
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    ax.set_xlabel("unmatched clean instances at IoU 0.5")
+    bias = summary.get("matched_ecd_bias", float("nan"))
+    ax.set_title(f"{title}  (matched pairs: median ECD {bias:+.1%})" if bias == bias else title, fontsize=9)
+    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -20,8 +20,9 @@ MODEL = "models/final"
 
 def command(args=None) -> int:
     from nanoseg import tracking
-    from nanoseg.evaluation import baselines
-    from nanoseg.plots import error_overlay
+    from nanoseg.error_analysis import merged_mask
+    from nanoseg.evaluation import baselines, truth_labels
+    from nanoseg.plots import error_bars, error_overlay
     from nanoseg.testset import load_test, model_fingerprint, numeric, score_champion, score_model, split_fingerprint
 
     params = load_params()
@@ -59,10 +60,13 @@ def command(args=None) -> int:
             tracking.log_metrics({f"champion_{k}": v for k, v in champion["scores"].items()})
         for name, sc in result["baselines"].items():
             tracking.log_metrics({f"{name}_{k}": v for k, v in sc.items()})
-        for s, im, tr, (pred, _) in zip(test.stems, test.images, test.masks, cand["segs"]):
+        for s, im, tr, (pred, lab) in zip(test.stems, test.images, test.masks, cand["segs"]):
             png = error_overlay(im, tr, pred, resolve(params, f"plots/test/overlay_{s}.png"),
-                                title=f"test · {s} · threshold {settings['threshold']:.2f}")
+                                title=f"test · {s} · threshold {settings['threshold']:.2f}",
+                                merged=merged_mask(truth_labels(tr), lab))
             tracking.log_artifact(png, "overlays")
+        tracking.log_artifact(error_bars(result["model"], resolve(params, "plots/test/errors.png"),
+                                         title=f"test, {len(test.stems)} images"), "plots")
         tracking.log_artifact(out)
     m = result["model"]
     print(f"test ({len(test.stems)} images, candidate {meta.get('candidate')}): Dice {m['dice']:.3f}, "
@@ -72,6 +76,9 @@ def command(args=None) -> int:
         c = champion["scores"]
         print(f"champion (version {champion['version']}) on the same images: Dice {c['dice']:.3f}, "
               f"F1@0.5 clean {c['f1_50_clean']:.3f}")
+    print(f"errors (clean manual particles unmatched): {m['err_merged']:.0f} merged, {m['err_split']:.0f} split, "
+          f"{m['err_missed']:.0f} missed, {m['err_outline']:.0f} outline; matched pairs' median ECD "
+          f"{m['matched_ecd_bias']:+.1%}")
     print("-> metrics/test.json")
     return 0
 
