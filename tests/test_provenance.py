@@ -44,5 +44,10 @@ def test_resume_key_changes_with_the_training_code(monkeypatch):
     # what to publish is not how a fold trains: the key ignores it
     params["train"]["candidate"] = "best_fold"
     assert crossval.config_key(params, manifest, split) == key
+    # nor the decoder grid searched on the validation maps after training
+    params["instance"] = {**params["instance"], "marker_grid": [0.5, 0.9], "min_marker_grid": [0, 50]}
+    assert crossval.config_key(params, manifest, split) == key
+    params["instance"]["class_weights"] = [1.0, 1.0, 9.0]
+    assert crossval.config_key(params, manifest, split) != key
     assert crossval.inference_key(params, key) != crossval.inference_key({**params, "predict": {
         **params["predict"], "overlap": 0}}, key)

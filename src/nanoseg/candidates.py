@@ -128,7 +128,8 @@ def make_ensemble(cv_dir, cv: dict, out, extra_meta: dict | None = None) -> tupl
     loaded = [load_model(d) for d in dirs]
     model, shared = build_ensemble([m for m, _ in loaded])
     first = loaded[0][1]
-    meta = {k: first[k] for k in ("variant", "profile", "tile", "overlap", "crop", "instance") if k in first}
+    meta = {k: first[k] for k in ("variant", "profile", "tile", "overlap", "crop", "instance", "training_scale")
+            if k in first}
     meta.update({"candidate": "ensemble", "threshold": cv["threshold"], "postprocess": cv["postprocess"],
                  "ensemble": {"members": len(dirs), "shared_encoder": shared,
                               "member_runs": [m.get("mlflow_run_id") for _, m in loaded],

@@ -41,6 +41,8 @@ INFERENCE_FILES = ("predict.py",)  # Predictor lives in predict.py, whose comman
 
 #: ``train`` settings that choose what is published, not how a fold trains (left out of the key)
 PUBLISH_ONLY = ("candidate", "final_val_fold")
+#: ``instance`` settings of the decoder grid, searched on the validation maps after training (left out of the key)
+DECODE_ONLY = ("marker_grid", "min_marker_grid")
 
 
 def config_key(params: dict, manifest, split: dict) -> str:
@@ -51,7 +53,7 @@ def config_key(params: dict, manifest, split: dict) -> str:
     keep = {k: params[k] for k in ("model", "train", "data") if k in params}
     keep["train"] = {k: v for k, v in keep["train"].items() if k not in PUBLISH_ONLY}
     if params["model"].get("variant") == "instance":  # the paper variant's key ignores instance settings
-        keep["instance"] = instance_settings(params)
+        keep["instance"] = {k: v for k, v in instance_settings(params).items() if k not in DECODE_ONLY}
     blob = json.dumps([keep, split, sorted(manifest["image_sha256"]), code_hash(TRAINING_CODE)],
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -111,6 +113,7 @@ def run_fold(k: int, fold: dict, manifest, params: dict, fold_dir: Path, key: st
     import keras
 
     from nanoseg import tracking
+    from nanoseg.evaluation import pixel_sizes, training_scale
     from nanoseg.metrics import pixel_metrics
     from nanoseg.model import save_model
     from nanoseg.plots import learning_curves
@@ -137,7 +140,8 @@ def run_fold(k: int, fold: dict, manifest, params: dict, fold_dir: Path, key: st
         tracking.log_artifact(curve, "plots")
         meta = {"variant": params["model"]["variant"], "profile": params["profile"], "fold": k, "threshold": 0.5,
                 "val": list(fold["val"]), "tile": params["predict"]["tile"], "overlap": params["predict"]["overlap"],
-                "crop": params["train"]["crop"], "mlflow_run_id": run.info.run_id, **info}
+                "crop": params["train"]["crop"], "mlflow_run_id": run.info.run_id,
+                "training_scale": training_scale(tr_mask, pixel_sizes(manifest, fold["train"])), **info}
         if params["model"]["variant"] == "instance":
             meta["instance"] = instance_settings(params)
         # kept on disk: the candidates for publishing (ensemble, best fold) are built from these

@@ -42,6 +42,43 @@ def median_pixel_size(manifest) -> float | None:
     return float(np.nanmedian(px)) if px.notna().any() else None
 
 
+def training_scale(masks, pixel_sizes_nm) -> dict:
+    """The scale a model was trained at: median pixel size of its training images and the size range of
+    the manual particles it saw (clean subset: not cut by the border, >= 20 px).
+
+    Parameters
+    ----------
+    masks : list of bool arrays
+        The training images' manual masks.
+    pixel_sizes_nm : list of float or None
+        One per mask.
+
+    Returns
+    -------
+    dict
+        ``pixel_size_nm`` (median, None without pixel sizes), ``ecd_nm`` ({``p05``, ``median``, ``p95``}, None
+        without pixel sizes) and ``ecd_px`` (the same in pixels).
+    """
+    from nanoseg.metrics import clean_ids
+
+    ecd_px, ecd_nm = [], []
+    for m, px in zip(masks, pixel_sizes_nm):
+        lab = truth_labels(m)
+        areas = np.bincount(lab.ravel())[clean_ids(lab)]
+        d = np.sqrt(4.0 * areas / np.pi)
+        ecd_px.append(d)
+        if px:
+            ecd_nm.append(d * float(px))
+
+    def q(v):
+        v = np.concatenate(v) if v else np.zeros(0)
+        return {k: float(np.percentile(v, p)) for k, p in (("p05", 5), ("median", 50), ("p95", 95))} if v.size else None
+
+    known = [float(p) for p in pixel_sizes_nm if p]
+    return {"pixel_size_nm": float(np.median(known)) if known else None,
+            "ecd_nm": q(ecd_nm) if len(ecd_nm) == len(masks) else None, "ecd_px": q(ecd_px)}
+
+
 def segment(prob: np.ndarray, threshold: float, post: dict, pixel_size_nm: float | None = None):
     """Probability map -> (mask, instance labels) with the stored post-processing settings.
 

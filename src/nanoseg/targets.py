@@ -64,8 +64,8 @@ DEFAULTS = {
     "border_w0": 10.0,
     "border_sigma": 5.0,
     "distance_weight": 1.0,
-    "marker_grid": [0.3, 0.4, 0.5, 0.6, 0.7],
-    "min_marker_grid": [0, 5, 15],
+    "marker_grid": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+    "min_marker_grid": [0, 5, 15, 30],
 }
 
 

@@ -45,7 +45,7 @@ def train_final(params: dict, manifest, split: dict, cv: dict, out, run_id: str)
     with best weights restored, threshold and post-processing tuned on the held-back images."""
     from nanoseg import tracking
     from nanoseg.crossval import choose_postprocess, predict_images
-    from nanoseg.evaluation import median_pixel_size
+    from nanoseg.evaluation import median_pixel_size, pixel_sizes, training_scale
     from nanoseg.metrics import choose_threshold
     from nanoseg.model import save_model
     from nanoseg.plots import learning_curves
@@ -68,6 +68,7 @@ def train_final(params: dict, manifest, split: dict, cv: dict, out, run_id: str)
     meta = {"variant": params["model"]["variant"], "profile": params["profile"], "candidate": "final",
             "threshold": threshold, "postprocess": post, "tile": params["predict"]["tile"],
             "overlap": params["predict"]["overlap"], "crop": t["crop"], "val": val, "n_train": len(train),
+            "training_scale": training_scale(masks, pixel_sizes(manifest, train)),
             "tuned_on": f"{len(val)} held-back training images (validation images of fold {k})",
             "mlflow_run_id": run_id, **info}
     if params["model"]["variant"] == "instance":
