@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--tta", action="store_true", help="test-time augmentation + uncertainty map")
+    p.add_argument("--scale", default="auto", help="auto (default: resample to the model's training pixel size when "
+                   "it differs by > 10 %%), off, or a zoom factor such as 0.5")
+    p.add_argument("--polarity", default="auto", help="auto (default: detected per image), bright (particles "
+                   "brighter than the background, SEM) or dark (darker: transmission, TEM bright field)")
     p.add_argument("--spread", action="store_true",
                    help="ensemble models: also write <stem>_spread.tif, the members' disagreement (std)")
     p.set_defaults(func=_call("nanoseg.predict:predict_command"))

@@ -16,8 +16,12 @@ measures every particle and writes, for each input ``<stem>``::
     <stem>_spread.tif       float32 std of an ensemble's members' foreground probability (only with --spread)
 
 and for the run ``particles.csv`` (one row per particle, units in the column
-names), ``summary.json`` and ``psd.png`` (ECD distribution of the measurable
-particles). Output goes to a temporary folder next to ``--out`` that is renamed
+names, ``inference_zoom``), ``summary.json`` and ``psd.png`` (ECD distribution of the measurable
+particles). With ``--scale auto`` (the default) an image whose pixel size differs by more than 10 %
+from the model's training pixel size is resampled to it for inference and the labels mapped back
+(:mod:`nanoseg.rescale`); particles are always measured on the input grid with its own pixel size.
+With ``--polarity auto`` (the default) images of dark particles on a bright background are
+recognised and inverted before inference (:mod:`nanoseg.polarity`). Output goes to a temporary folder next to ``--out`` that is renamed
 into place at the end, so an interrupted run leaves nothing half-written.
 """
 
@@ -354,6 +358,8 @@ def predict_one(predictor, settings, path, out_dir, args):
     from nanoseg.measure import particle_table
     from nanoseg.postprocess import foreground_probability
     from nanoseg.micrograph import PixelSizeWarning, read_micrograph
+    from nanoseg.polarity import resolve_polarity, to_bright
+    from nanoseg.rescale import resample_image, resize_labels, resize_map, scale_factor
 
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
@@ -361,18 +367,33 @@ def predict_one(predictor, settings, path, out_dir, args):
         mg = read_micrograph(path, pixel_size=args.pixel_size, databar_row=args.databar_row)
     notes = [str(w.message) for w in caught if issubclass(w.category, PixelSizeWarning)]
     sample = mg.sample
+    model_px = (settings.get("training_scale") or {}).get("pixel_size_nm")
+    factor, scale_note = scale_factor(mg.pixel_size_nm, model_px, getattr(args, "scale", "auto"))
+    if factor == 1.0 and not mg.pixel_size_nm and model_px and getattr(args, "scale", "auto") in (None, "auto"):
+        notes.append(f"{mg.path.name}: {scale_note}")
+    polarity, polarity_note = resolve_polarity(sample, getattr(args, "polarity", "auto"))
+    if "ambiguous" in polarity_note:
+        notes.append(f"{mg.path.name}: {polarity_note}")
+    # the image as the model was trained on it: bright particles, at the model's pixel size
+    work = resample_image(to_bright(sample, polarity), factor)
     std = spread = None
     if settings["tta"]:
-        prob, std = predictor.probability_with_uncertainty(sample)
+        prob, std = predictor.probability_with_uncertainty(work)
         if getattr(args, "spread", False):
-            spread = predictor.probability_with_spread(sample)[1]
+            spread = predictor.probability_with_spread(work)[1]
     elif getattr(args, "spread", False):
-        prob, spread = predictor.probability_with_spread(sample)
+        prob, spread = predictor.probability_with_spread(work)
     else:
-        prob = predictor.probability(sample)
-    _, sample_labels = segment(prob, settings["threshold"], settings["postprocess"], mg.pixel_size_nm)
+        prob = predictor.probability(work)
+    work_px = mg.pixel_size_nm / factor if mg.pixel_size_nm else None
+    _, sample_labels = segment(prob, settings["threshold"], settings["postprocess"], work_px)
     if prob.ndim == 3:  # instance variant: decoded above; report the foreground probability (and its spread)
         prob, std = foreground_probability(prob), None if std is None else std[..., 0]
+    if factor != 1.0:  # back to the input grid: sizes are measured with the input's own pixel size
+        sample_labels = resize_labels(sample_labels, sample.shape)
+        prob = resize_map(prob, sample.shape)
+        std = None if std is None else resize_map(std, sample.shape)
+        spread = None if spread is None else resize_map(spread, sample.shape)
     labels = np.zeros(mg.shape, dtype=_label_dtype(sample_labels))
     labels[: mg.databar_row] = sample_labels
     full_prob = np.zeros(mg.shape, dtype=np.float32)
@@ -390,9 +411,11 @@ def predict_one(predictor, settings, path, out_dir, args):
         full_spread[: mg.databar_row] = spread
         tifffile.imwrite(out_dir / f"{stem}_spread.tif", full_spread)
     table = particle_table(labels.astype(np.int32), mg.pixel_size_nm, full_prob, mg.path.name, mg.databar_row)
+    table["inference_zoom"] = factor
     info = {"image": mg.path.name, "path": str(mg.path), "width": mg.width, "height": mg.height,
             "pixel_size_nm": mg.pixel_size_nm, "pixel_size_source": mg.pixel_size_source,
             "databar_row": mg.databar_row, "unit": table.attrs.get("unit"), "particles": int(len(table)),
+            "scale_factor": factor, "scale_note": scale_note, "polarity": polarity, "polarity_note": polarity_note,
             "measurable": int(table["measurable"].sum()) if len(table) else 0,
             "foreground_fraction": float((sample_labels > 0).mean()),
             "mean_uncertainty": None if std is None else float(std.mean()),
@@ -442,6 +465,11 @@ def predict_command(args) -> int:
     for p in paths:
         if not p.is_file():
             raise NanosegError(f"{p}: image not found; check the path.")
+    from nanoseg.polarity import parse_polarity
+    from nanoseg.rescale import parse_scale
+
+    args.scale = parse_scale(getattr(args, "scale", "auto"))
+    args.polarity = parse_polarity(getattr(args, "polarity", "auto"))
     predictor, settings = load_predictor(args.model, tta=True if getattr(args, "tta", False) else None)
     if getattr(args, "spread", False) and not predictor.members:
         raise NanosegError(f"{args.model}: --spread needs an ensemble model (train.candidate: ensemble); this one is "
@@ -466,7 +494,9 @@ def predict_command(args) -> int:
             "nanoseg_version": __version__, "model": str(args.model), "variant": settings.get("variant"),
             "model_run_id": settings.get("mlflow_run_id"), "threshold": settings["threshold"],
             "postprocess": settings["postprocess"], "tile": settings["tile"], "overlap": settings["overlap"],
-            "tta": settings["tta"], "unit": unit,
+            "tta": settings["tta"], "unit": unit, "scale": str(getattr(args, "scale", "auto")),
+            "polarity": getattr(args, "polarity", "auto"),
+            "model_pixel_size_nm": (settings.get("training_scale") or {}).get("pixel_size_nm"),
             "unit_note": "sizes in nm" if unit == "nm" else
             "sizes in px: no pixel size for at least one image (give --pixel-size to measure in nm)",
             "n_images": len(infos), "n_particles": int(sum(i["particles"] for i in infos)),

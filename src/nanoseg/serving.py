@@ -216,6 +216,8 @@ def answer(info: dict, table, threshold: float, mask_png: bytes | None = None,
               "pixel_size_nm": _clean(info["pixel_size_nm"]) if info["pixel_size_nm"] is not None else None,
               "pixel_size_source": info["pixel_size_source"], "unit": table.attrs.get("unit", info.get("unit")),
               "databar_row": int(info["databar_row"]), "threshold": float(threshold),
+              "scale_factor": float(info.get("scale_factor", 1.0)), "scale_note": info.get("scale_note"),
+              "polarity": info.get("polarity"),
               "summary": summarize(table, info.get("foreground_fraction")),
               "particles": [{k: _clean(v) for k, v in row.items()} for row in table.to_dict(orient="records")]}
     if mask_png is not None:
