@@ -350,16 +350,64 @@ def _ecd_values(table, unit: str) -> np.ndarray:
     return np.sqrt(4 * measurable["area_px"].to_numpy(float) / np.pi)
 
 
+def infer(predictor, settings: dict, sample: np.ndarray, pixel_size_nm=None, scale="auto", polarity="auto",
+          spread: bool = False) -> dict:
+    """One sample area (H x W, in [0, 1]) -> probability and instance labels, the way every user path runs a
+    model (``nanoseg predict``, the served model, ``evaluate``).
+
+    The image is brought to what the model was trained on — bright particles (:mod:`nanoseg.polarity`)
+    at its training pixel size (:mod:`nanoseg.rescale`) — predicted (with TTA when ``settings["tta"]``),
+    decoded with the model's threshold and post-processing, and mapped back to the input grid.
+
+    Returns
+    -------
+    dict
+        ``prob`` (H x W foreground probability), ``labels`` (H x W instances), ``std`` (TTA spread or None),
+        ``spread`` (ensemble spread or None), ``scale_factor``, ``scale_note``, ``polarity``, ``polarity_note``
+        and ``notes`` (warnings for the user).
+    """
+    from nanoseg.evaluation import segment
+    from nanoseg.polarity import resolve_polarity, to_bright
+    from nanoseg.postprocess import foreground_probability
+    from nanoseg.rescale import resample_image, resize_labels, resize_map, scale_factor
+
+    notes = []
+    model_px = (settings.get("training_scale") or {}).get("pixel_size_nm")
+    factor, scale_note = scale_factor(pixel_size_nm, model_px, scale)
+    if factor == 1.0 and not pixel_size_nm and model_px and scale in (None, "auto"):
+        notes.append(scale_note)
+    pol, polarity_note = resolve_polarity(sample, polarity)
+    if "ambiguous" in polarity_note:
+        notes.append(polarity_note)
+    work = resample_image(to_bright(sample, pol), factor)
+    std = spread_map = None
+    if settings["tta"]:
+        prob, std = predictor.probability_with_uncertainty(work)
+        if spread:
+            spread_map = predictor.probability_with_spread(work)[1]
+    elif spread:
+        prob, spread_map = predictor.probability_with_spread(work)
+    else:
+        prob = predictor.probability(work)
+    work_px = pixel_size_nm / factor if pixel_size_nm else None
+    _, labels = segment(prob, settings["threshold"], settings["postprocess"], work_px)
+    if prob.ndim == 3:  # instance variant: decoded above; report the foreground probability (and its spread)
+        prob, std = foreground_probability(prob), None if std is None else std[..., 0]
+    if factor != 1.0:  # back to the input grid: sizes are measured with the input's own pixel size
+        labels = resize_labels(labels, sample.shape)
+        prob = resize_map(prob, sample.shape)
+        std = None if std is None else resize_map(std, sample.shape)
+        spread_map = None if spread_map is None else resize_map(spread_map, sample.shape)
+    return {"prob": prob, "labels": labels, "std": std, "spread": spread_map, "scale_factor": factor,
+            "scale_note": scale_note, "polarity": pol, "polarity_note": polarity_note, "notes": notes}
+
+
 def predict_one(predictor, settings, path, out_dir, args):
     """Segment and measure one image; write its files; return (table, info)."""
     import tifffile
 
-    from nanoseg.evaluation import segment
     from nanoseg.measure import particle_table
-    from nanoseg.postprocess import foreground_probability
     from nanoseg.micrograph import PixelSizeWarning, read_micrograph
-    from nanoseg.polarity import resolve_polarity, to_bright
-    from nanoseg.rescale import resample_image, resize_labels, resize_map, scale_factor
 
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
@@ -367,33 +415,10 @@ def predict_one(predictor, settings, path, out_dir, args):
         mg = read_micrograph(path, pixel_size=args.pixel_size, databar_row=args.databar_row)
     notes = [str(w.message) for w in caught if issubclass(w.category, PixelSizeWarning)]
     sample = mg.sample
-    model_px = (settings.get("training_scale") or {}).get("pixel_size_nm")
-    factor, scale_note = scale_factor(mg.pixel_size_nm, model_px, getattr(args, "scale", "auto"))
-    if factor == 1.0 and not mg.pixel_size_nm and model_px and getattr(args, "scale", "auto") in (None, "auto"):
-        notes.append(f"{mg.path.name}: {scale_note}")
-    polarity, polarity_note = resolve_polarity(sample, getattr(args, "polarity", "auto"))
-    if "ambiguous" in polarity_note:
-        notes.append(f"{mg.path.name}: {polarity_note}")
-    # the image as the model was trained on it: bright particles, at the model's pixel size
-    work = resample_image(to_bright(sample, polarity), factor)
-    std = spread = None
-    if settings["tta"]:
-        prob, std = predictor.probability_with_uncertainty(work)
-        if getattr(args, "spread", False):
-            spread = predictor.probability_with_spread(work)[1]
-    elif getattr(args, "spread", False):
-        prob, spread = predictor.probability_with_spread(work)
-    else:
-        prob = predictor.probability(work)
-    work_px = mg.pixel_size_nm / factor if mg.pixel_size_nm else None
-    _, sample_labels = segment(prob, settings["threshold"], settings["postprocess"], work_px)
-    if prob.ndim == 3:  # instance variant: decoded above; report the foreground probability (and its spread)
-        prob, std = foreground_probability(prob), None if std is None else std[..., 0]
-    if factor != 1.0:  # back to the input grid: sizes are measured with the input's own pixel size
-        sample_labels = resize_labels(sample_labels, sample.shape)
-        prob = resize_map(prob, sample.shape)
-        std = None if std is None else resize_map(std, sample.shape)
-        spread = None if spread is None else resize_map(spread, sample.shape)
+    res = infer(predictor, settings, sample, mg.pixel_size_nm, getattr(args, "scale", "auto"),
+                getattr(args, "polarity", "auto"), spread=bool(getattr(args, "spread", False)))
+    notes += [f"{mg.path.name}: {n}" for n in res["notes"]]
+    prob, sample_labels, std, spread, factor = res["prob"], res["labels"], res["std"], res["spread"], res["scale_factor"]
     labels = np.zeros(mg.shape, dtype=_label_dtype(sample_labels))
     labels[: mg.databar_row] = sample_labels
     full_prob = np.zeros(mg.shape, dtype=np.float32)
@@ -415,7 +440,8 @@ def predict_one(predictor, settings, path, out_dir, args):
     info = {"image": mg.path.name, "path": str(mg.path), "width": mg.width, "height": mg.height,
             "pixel_size_nm": mg.pixel_size_nm, "pixel_size_source": mg.pixel_size_source,
             "databar_row": mg.databar_row, "unit": table.attrs.get("unit"), "particles": int(len(table)),
-            "scale_factor": factor, "scale_note": scale_note, "polarity": polarity, "polarity_note": polarity_note,
+            "scale_factor": factor, "scale_note": res["scale_note"], "polarity": res["polarity"],
+            "polarity_note": res["polarity_note"],
             "measurable": int(table["measurable"].sum()) if len(table) else 0,
             "foreground_fraction": float((sample_labels > 0).mean()),
             "mean_uncertainty": None if std is None else float(std.mean()),

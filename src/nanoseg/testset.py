@@ -60,19 +60,19 @@ def score_model(folder, test: HeldOut, batch: int | None = None) -> dict:
     dict
         ``scores`` (pixel, instance and size metrics: :func:`nanoseg.evaluation.score`), ``segs``
         (mask, labels per image), ``settings`` (what the model ran with), ``meta`` (its nanoseg.json),
-        ``seconds_per_image`` (probability map + decoding).
+        ``seconds_per_image`` (probability map + decoding), ``probs`` (foreground probability per image).
     """
-    from nanoseg.evaluation import score, segment
-    from nanoseg.predict import load_predictor
+    from nanoseg.evaluation import score
+    from nanoseg.predict import infer, load_predictor
 
     predictor, settings = load_predictor(str(folder), batch=batch)
     threshold, post = settings["threshold"], settings["postprocess"]
     start = time.perf_counter()
     probs, segs = [], []
     for im, px in zip(test.images, test.pixel_sizes):
-        p = predictor.probability(im)
-        probs.append(p)
-        segs.append(segment(p, threshold, post, px))
+        res = infer(predictor, settings, im, px)  # nanoseg predict's path: polarity, scale, decoding
+        probs.append(res["prob"])
+        segs.append((res["labels"] > 0, res["labels"]))
     seconds = (time.perf_counter() - start) / max(1, len(test.images))
     scores = score(test.masks, probs, [lab for _, lab in segs], test.pixel_sizes, test.class_masks,
                    threshold=threshold)
