@@ -25,16 +25,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+from results_table import fmt  # noqa: E402  (one number format for the bench tables)
+
 KEYS = ("dice", "f1_50", "f1_50_clean", "f1_75_clean", "pq_clean", "median_ecd_rel_error_clean",
         "ecd_wasserstein_clean", "n_gt_clean", "n_pred_clean")
-
-
-def fmt(v, pct=False):
-    if v is None or v != v:
-        return "–"
-    if pct:
-        return f"{v:+.1%}"
-    return f"{v:.0f}" if abs(v) >= 100 or float(v).is_integer() else f"{v:.3f}"
 
 
 def main() -> int:

@@ -22,6 +22,8 @@ per image::
          "pixel_size_nm": 7.34375, "pixel_size_source": "CZ_SEM tag 34118",
          "unit": "nm",                 # size unit of summary and particles ("px" without a pixel size)
          "databar_row": 712, "threshold": 0.5,
+         "scale_factor": 1.0, "scale_note": "pixel size 7.34 nm within 10% of the model's 7.34 nm",
+         "polarity": "bright",          # what the model saw: zoom to its pixel size, contrast (docs/magnification_polarity.md)
          "summary": {"n_particles": 212, "n_measurable": 170, "foreground_fraction": 0.31,
                      "median_ecd": 41.2, "mean_ecd": 43.0, "gsd_ecd": 1.21, "d10_ecd": 31.0,
                      "d90_ecd": 58.3, "median_ecd_ci_low": 40.1, "median_ecd_ci_high": 42.5,
