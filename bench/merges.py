@@ -66,8 +66,10 @@ def main() -> int:
     for col in ("image_path", "mask_path", "class_mask_path"):  # candidates work in their own folders
         manifest[col] = [str((ROOT / p).resolve()) if isinstance(p, str) and p else p for p in manifest[col]]
     ref = json.loads(resolve(base, "metrics/cv.json").read_text())
-    results = {"default": {**fold_rows(ref, folds), "overrides": {}}}
     out_json = ROOT / "bench/results/merges.json"
+    earlier = json.loads(out_json.read_text()) if out_json.is_file() else {}
+    results = earlier.get("results", {}) if earlier.get("folds") == folds else {}  # rows of earlier runs stay
+    results["default"] = {**fold_rows(ref, folds), "overrides": {}}
     for name in [n.strip() for n in args.candidates.split(",") if n.strip()]:
         if name not in CANDIDATES:
             raise SystemExit(f"unknown candidate {name!r}; choose from {sorted(CANDIDATES)}")
