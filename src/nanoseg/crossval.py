@@ -234,7 +234,7 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
     from tqdm import tqdm
 
     from nanoseg import tracking
-    from nanoseg.error_analysis import error_summary, merged_mask
+    from nanoseg.error_analysis import classify_errors, merged_mask, summarize_errors
     from nanoseg.evaluation import median_pixel_size, pixel_sizes, score, segment, truth_labels
     from nanoseg.metrics import PIXEL_METRICS, choose_threshold, summarize_folds
     from nanoseg.plots import error_bars, error_overlay, metric_bars
@@ -285,7 +285,7 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
             shutil.copyfile(out_dir / f"fold_{k}" / "history.csv", plots_dir / f"fold_{k}.csv")
         px = median_pixel_size(manifest)  # only for the grid's minimum area; every image is scored with its own
         post = choose_postprocess(truths, probs, threshold, params, px)
-        per_fold, own, pooled_gt, pooled_pred = [], {}, [], []
+        per_fold, own, classified = [], {}, []
         for k, (images, masks, p, pxs) in enumerate(per_fold_data):
             segs = [segment(pk, threshold, post, pk_px) for pk, pk_px in zip(p, pxs)]
             m = score(masks, p, [lab for _, lab in segs], pxs, threshold=threshold)
@@ -293,11 +293,10 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
             overlays = []
             for s, im, tr, (pred, lab) in zip(folds[k]["val"], images, masks, segs):
                 gt = truth_labels(tr)
-                pooled_gt.append(gt)
-                pooled_pred.append(lab)
+                classified.append(classify_errors(gt, lab))
                 overlays.append(error_overlay(im, tr, pred, out_dir / f"fold_{k}" / f"overlay_{s}.png",
                                               title=f"fold {k} · {s} · threshold {threshold:.2f}",
-                                              merged=merged_mask(gt, lab)))
+                                              merged=merged_mask(gt, classified=classified[-1])))
             tracking.log_to_run(results[k]["run_id"], metrics={f"val_{n}": v for n, v in m.items()},
                                 artifacts=overlays, artifact_path="overlays")
             # the fold model on its own: threshold and post-processing tuned on its validation images only
@@ -313,7 +312,7 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
                            title=f"{len(folds)}-fold CV ({run_label(params)}, {params['profile']} profile)",
                            reference=PAPER)
         tracking.log_artifact(bars, "plots")
-        errors = error_summary(pooled_gt, pooled_pred)  # counts over all validation images of all folds
+        errors = summarize_errors(classified)  # counts over all validation images of all folds
         tracking.log_artifact(error_bars(errors, resolve(params, "plots/cv_summary/errors.png"),
                                          title=f"{len(folds)}-fold CV, all validation images"), "plots")
         best_epochs = [r["best_epoch"] for r in results]

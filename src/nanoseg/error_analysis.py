@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nanoseg.metrics import CLEAN_MIN_PX, clean_ids, match_instances
+from nanoseg.metrics import CLEAN_MIN_PX, clean_ids, match_overlaps, overlap_table
 
 #: A prediction "holds" a manual particle when it covers at least this fraction of it.
 COVER = 0.5
@@ -33,18 +33,6 @@ COVER = 0.5
 PIECE = 0.2
 TRUTH_CLASSES = ("merged", "split", "missed", "outline")
 PRED_CLASSES = ("merge", "outline", "fragment", "spurious")
-
-
-def _overlaps(g: np.ndarray, p: np.ndarray):
-    """Sparse overlap table: arrays gt id, pred id, intersection (pixels), and the areas."""
-    g, p = g.ravel().astype(np.int64), p.ravel().astype(np.int64)
-    area_g = np.bincount(g, minlength=1)
-    area_p = np.bincount(p, minlength=1)
-    both = (g > 0) & (p > 0)
-    base = int(p.max()) + 1
-    codes, inter = np.unique(g[both] * base + p[both], return_counts=True)
-    gi, pi = np.divmod(codes, base)
-    return gi, pi, inter, area_g, area_p
 
 
 def classify_errors(gt_labels, pred_labels, clean_min_px: int = CLEAN_MIN_PX) -> dict:
@@ -67,8 +55,9 @@ def classify_errors(gt_labels, pred_labels, clean_min_px: int = CLEAN_MIN_PX) ->
     g, p = np.asarray(gt_labels), np.asarray(pred_labels)
     if g.shape != p.shape:
         raise ValueError(f"classify_errors: truth {g.shape} and prediction {p.shape} differ in shape")
-    gi, pi, inter, area_g, area_p = _overlaps(g, p)
-    m = match_instances(g, p, 0.5)["matches"]
+    table = overlap_table(g, p)
+    gi, pi, inter, area_g, area_p = table
+    m = match_overlaps(table, 0.5)["matches"]
     matched_g, matched_p = {a for a, _, _ in m}, {b for _, b, _ in m}
     cg, cp = set(clean_ids(g, clean_min_px).tolist()), set(clean_ids(p, clean_min_px).tolist())
     cover_g = inter / area_g[gi]  # fraction of the manual particle this prediction covers
@@ -123,10 +112,14 @@ def error_summary(gt_labels, pred_labels, clean_min_px: int = CLEAN_MIN_PX) -> d
     preds = pred_labels if isinstance(pred_labels, (list, tuple)) else [pred_labels]
     if len(gts) != len(preds):
         raise ValueError(f"error_summary: {len(gts)} truth images but {len(preds)} predictions")
+    return summarize_errors([classify_errors(g, p, clean_min_px) for g, p in zip(gts, preds)])
+
+
+def summarize_errors(classified: list[dict]) -> dict:
+    """:func:`error_summary` from :func:`classify_errors` results (one per image), pooled."""
     counts = {f"err_{c}": 0 for c in TRUTH_CLASSES} | {f"err_pred_{c}": 0 for c in PRED_CLASSES}
     ratios = []
-    for g, p in zip(gts, preds):
-        res = classify_errors(g, p, clean_min_px)
+    for res in classified:
         for c in res["truth"].values():
             counts[f"err_{c}"] += 1
         for c in res["pred"].values():
@@ -140,8 +133,10 @@ def error_summary(gt_labels, pred_labels, clean_min_px: int = CLEAN_MIN_PX) -> d
     return out
 
 
-def merged_mask(gt_labels, pred_labels, clean_min_px: int = CLEAN_MIN_PX) -> np.ndarray:
-    """Bool mask of the manual particles classified ``merged`` (for overlays)."""
+def merged_mask(gt_labels, pred_labels=None, clean_min_px: int = CLEAN_MIN_PX, classified: dict | None = None):
+    """Bool mask of the manual particles classified ``merged`` (for overlays); pass ``classified`` (the
+    :func:`classify_errors` result of this image) instead of ``pred_labels`` to reuse it."""
     g = np.asarray(gt_labels)
-    ids = [a for a, c in classify_errors(g, pred_labels, clean_min_px)["truth"].items() if c == "merged"]
+    res = classified if classified is not None else classify_errors(g, pred_labels, clean_min_px)
+    ids = [a for a, c in res["truth"].items() if c == "merged"]
     return np.isin(g, ids) if ids else np.zeros(g.shape, bool)

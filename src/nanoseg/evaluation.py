@@ -59,13 +59,12 @@ def training_scale(masks, pixel_sizes_nm) -> dict:
         ``pixel_size_nm`` (median, None without pixel sizes), ``ecd_nm`` ({``p05``, ``median``, ``p95``}, None
         without pixel sizes) and ``ecd_px`` (the same in pixels).
     """
-    from nanoseg.metrics import clean_ids
+    from nanoseg.metrics import _ecd, clean_ids
 
     ecd_px, ecd_nm = [], []
     for m, px in zip(masks, pixel_sizes_nm):
         lab = truth_labels(m)
-        areas = np.bincount(lab.ravel())[clean_ids(lab)]
-        d = np.sqrt(4.0 * areas / np.pi)
+        d = _ecd(lab, clean_ids(lab), None)
         ecd_px.append(d)
         if px:
             ecd_nm.append(d * float(px))

@@ -157,12 +157,31 @@ def match_instances(gt_labels, pred_labels, iou_threshold=0.5):
         list of ``(gt_id, pred_id, iou)`` tuples.
     """
     (g,), (p,) = _pairs(_labels(gt_labels), _labels(pred_labels), "match_instances")
-    g, p = g.ravel().astype(np.int64), p.ravel().astype(np.int64)
-    area_g, area_p = np.bincount(g), np.bincount(p)
-    n_gt, n_pred = int(np.count_nonzero(area_g[1:])), int(np.count_nonzero(area_p[1:]))
+    return match_overlaps(overlap_table(g, p), iou_threshold)
+
+
+def overlap_table(gt_labels, pred_labels):
+    """Sparse overlap of two label images (same shape).
+
+    Returns
+    -------
+    gi, pi, inter, area_g, area_p : int arrays
+        For every overlapping (truth id, prediction id) pair its intersection in pixels, and the
+        areas of every id (``np.bincount`` of each label image, index = id).
+    """
+    g, p = np.asarray(gt_labels).ravel().astype(np.int64), np.asarray(pred_labels).ravel().astype(np.int64)
+    area_g, area_p = np.bincount(g, minlength=1), np.bincount(p, minlength=1)
     both = (g > 0) & (p > 0)
-    codes, inter = np.unique(g[both] * (p.max() + 1) + p[both], return_counts=True)
-    gi, pi = np.divmod(codes, p.max() + 1)
+    base = int(p.max(initial=0)) + 1
+    codes, inter = np.unique(g[both] * base + p[both], return_counts=True)
+    gi, pi = np.divmod(codes, base)
+    return gi, pi, inter, area_g, area_p
+
+
+def match_overlaps(table, iou_threshold=0.5):
+    """:func:`match_instances` on an :func:`overlap_table` (to reuse one table for other statistics)."""
+    gi, pi, inter, area_g, area_p = table
+    n_gt, n_pred = int(np.count_nonzero(area_g[1:])), int(np.count_nonzero(area_p[1:]))
     iou = inter / (area_g[gi] + area_p[pi] - inter)
     keep = iou > iou_threshold
     gi, pi, iou = gi[keep], pi[keep], iou[keep]
