@@ -34,6 +34,10 @@ CANDIDATES = {
     "boundary_w10": {"instance": {"class_weights": [1.0, 1.0, 10.0]}},
     "border_loss": {"instance": {"loss": "border_wcce_dice"}},
     "boundary_w2": {"instance": {"class_weights": [1.0, 1.0, 2.0]}},
+    # issue 15: augmentation, cross-validated against none (scored on native validation images here;
+    # bench/scale.py scores the same fold models on rescaled copies)
+    "scale_aug": {"train": {"augment": {"scale": [0.8, 1.25], "scale_p": 0.5}}},
+    "invert_aug": {"train": {"augment": {"invert": 0.5}}},
 }
 KEYS = ("dice", "f1_50_clean", "f1_75_clean", "pq_clean", "median_ecd_rel_error_clean", "matched_ecd_bias")
 ERRORS = ("err_merged", "err_split", "err_missed", "err_outline", "err_pred_spurious")
