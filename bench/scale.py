@@ -8,7 +8,7 @@ model's training pixel size) and ``--scale off`` (native resolution: what a mode
 would see), and is scored by evaluate's code: clean F1@0.5, PQ, median ECD error (clean), pixel Dice.
 
     python bench/scale.py [--models ensemble=models/final] [--images test | --images fold:0]
-                          [--factors 0.5,0.75,1,1.5,2] [--modes auto,off] [--name scale]
+                          [--factors 0.5,0.75,1,1.5,2] [--modes auto,off] [--inverted 1] [--name scale]
 
 ``--images fold:K`` scores on fold K's validation images (for fold models, which never trained on them).
 Writes bench/results/<name>.json and <name>.md (machine and date in the file).
@@ -30,6 +30,13 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("f1_50_clean", "pq_clean", "median_ecd_rel_error_clean", "dice")
+
+
+def inverted(test):
+    """A copy of a :class:`nanoseg.testset.HeldOut` with dark particles on a bright background."""
+    from nanoseg.testset import HeldOut
+
+    return HeldOut(test.stems, [1.0 - im for im in test.images], test.masks, test.class_masks, test.pixel_sizes)
 
 
 def rescaled(test, factor: float):
@@ -62,6 +69,7 @@ def main() -> int:
     ap.add_argument("--images", default="test", help="test, or fold:K (fold K's validation images)")
     ap.add_argument("--factors", default="0.5,0.75,1,1.5,2")
     ap.add_argument("--modes", default="auto,off")
+    ap.add_argument("--inverted", default="1", help="zooms at which inverted copies are scored too ('' = none)")
     ap.add_argument("--name", default="scale")
     args = ap.parse_args()
     params = load_params(ROOT / "params.yaml")
@@ -73,32 +81,37 @@ def main() -> int:
     out_json = ROOT / f"bench/results/{args.name}.json"
     earlier = json.loads(out_json.read_text()) if out_json.is_file() else {}
     rows = {r["key"]: r for r in earlier.get("rows", []) if earlier.get("images") == args.images}
-    for factor in factors:
-        test = rescaled(native, factor)
+    inverted_at = [float(f) for f in args.inverted.split(",") if f.strip()]
+    runs = [(f, False) for f in factors] + [(f, True) for f in inverted_at]
+    for factor, invert in runs:
+        test = inverted(rescaled(native, factor)) if invert else rescaled(native, factor)
+        contrast = "inverted" if invert else "original"
         for name, folder in models.items():
-            for mode in args.modes.split(","):
+            for mode in args.modes.split(",") if not invert else ["auto"]:
                 res = score_model(resolve(params, folder), test, scale=mode)
                 s = res["scores"]
-                row = {"key": f"{name}|{mode}|{factor:g}", "model": name, "folder": folder, "scale": mode,
-                       "factor": factor, **{k: float(s[k]) for k in KEYS},
+                row = {"key": f"{name}|{mode}|{factor:g}|{contrast}", "model": name, "folder": folder, "scale": mode,
+                       "factor": factor, "contrast": contrast, **{k: float(s[k]) for k in KEYS},
                        "n_gt_clean": float(s.get("n_gt_clean", np.nan)), "s_per_image": res["seconds_per_image"]}
                 rows[row["key"]] = row
-                print(f"{name} x{factor:g} --scale {mode}: clean F1@0.5 {row['f1_50_clean']:.3f}, PQ "
+                print(f"{name} x{factor:g} {contrast} --scale {mode}: clean F1@0.5 {row['f1_50_clean']:.3f}, PQ "
                       f"{row['pq_clean']:.3f}, median ECD {row['median_ecd_rel_error_clean']:+.1%}, "
                       f"Dice {row['dice']:.3f}", flush=True)
     machine = f"{cpu_model()}, {os.cpu_count()} cores"
     date = datetime.date.today().isoformat()
     record = {"date": date, "machine": machine, "images": args.images, "stems": native.stems,
-              "rows": sorted(rows.values(), key=lambda r: (r["model"], r["scale"], r["factor"]))}
+              "rows": sorted(rows.values(), key=lambda r: (r["model"], r["contrast"] != "original", r["scale"],
+                                                        r["factor"]))}
     out_json.write_text(json.dumps(record, indent=2) + "\n")
     lines = [f"### Magnification: rescaled copies of the {args.images} images ({len(native.stems)} images; {date}, "
              f"{machine})", "",
              "Zoom 0.5 = half the magnification (pixel size x 2). `auto`: resampled to the model's training pixel "
-             "size before inference (the default); `off`: native resolution. Scores by evaluate's code.", "",
-             "| model | --scale | zoom | clean F1@0.5 | PQ clean | median ECD error | pixel Dice | s/image |",
-             "|---|---|---|---|---|---|---|---|"]
+             "size before inference (the default); `off`: native resolution; `inverted`: dark particles on a bright "
+             "background (`--polarity auto` inverts them back). Scores by evaluate's code.", "",
+             "| model | contrast | --scale | zoom | clean F1@0.5 | PQ clean | median ECD error | pixel Dice | s/image |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in record["rows"]:
-        lines.append(f"| {r['model']} | {r['scale']} | {r['factor']:g} | {r['f1_50_clean']:.3f} | {r['pq_clean']:.3f} "
+        lines.append(f"| {r['model']} | {r['contrast']} | {r['scale']} | {r['factor']:g} | {r['f1_50_clean']:.3f} | {r['pq_clean']:.3f} "
                      f"| {r['median_ecd_rel_error_clean']:+.1%} | {r['dice']:.3f} | {r['s_per_image']:.2f} |")
     (ROOT / f"bench/results/{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
