@@ -237,6 +237,68 @@ def test_detect_databar_variants():
     assert detect_databar(white_bar) == 150  # integer input, white band
 
 
+def _particles(height=400, width=320, bar=None, bar_level=0.0, background=0.25, n=60, seed=0):
+    """SEM-like float image: bright textured discs on a noisy background, a data bar with text from `bar`."""
+    from skimage.draw import disk
+    from skimage.filters import gaussian
+
+    rng = np.random.default_rng(seed)
+    image = np.full((height, width), background) + rng.normal(0, 0.03, (height, width))
+    for _ in range(n):
+        rr, cc = disk((rng.integers(0, height), rng.integers(0, width)), rng.integers(6, 25), shape=image.shape)
+        image[rr, cc] = 0.6 + 0.1 * rng.random() + rng.normal(0, 0.04, rr.size)
+    image = gaussian(image, 1.0)
+    if bar is not None:
+        image[bar:] = bar_level
+        text = 1.0 - bar_level
+        for row in range(bar + 8, height - 4, 9):  # a clean margin, then lines of 'text' and a scale bar
+            image[row:row + 4, 10:width // 3:3] = text
+            image[row + 1:row + 3, width // 2:width - 20] = text
+    return np.clip(image, 0, 1)
+
+
+@pytest.mark.parametrize("factor", [0.5, 0.75, 1.0, 1.5, 2.0])
+def test_detect_databar_on_resampled_images(factor):
+    from skimage.transform import rescale
+
+    image = _particles(bar=340)
+    resampled = np.clip(rescale(image, factor, order=1, anti_aliasing=factor < 1), 0, 1)
+    assert abs(detect_databar(resampled) - round(340 * factor)) <= 2
+
+
+def test_detect_databar_after_jpeg_and_of_any_height_and_shade():
+    buffer = __import__("io").BytesIO()
+    Image.fromarray(np.round(_particles(bar=340) * 255).astype(np.uint8)).save(buffer, "JPEG", quality=85)
+    jpeg = np.asarray(Image.open(buffer))
+    assert abs(detect_databar(jpeg) - 340) <= 1
+    for bar in (250, 300, 370, 390):  # bars of 150, 100, 30 and 10 rows
+        assert detect_databar(_particles(bar=bar)) == bar
+    assert detect_databar(_particles(bar=340, bar_level=1.0)) == 340  # white bar, black text
+    assert detect_databar(_particles(bar=340, bar_level=0.5)) == 340  # gray bar
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("background", [0.0, 0.25])
+def test_detect_databar_never_cuts_a_sample_without_bar(seed, background):
+    """Particles on a flat (even perfectly black) background, many or few: no bar, nothing cut."""
+    for n in (15, 60, 200):
+        image = _particles(n=n, seed=seed, background=background)
+        if background == 0.0:
+            image = np.where(image < 0.3, 0.0, image)  # clipped, perfectly flat background
+        assert detect_databar(image) == image.shape[0]
+
+
+@needs_bam
+@pytest.mark.parametrize("factor", [0.5, 0.75, 1.5, 2.0])
+def test_detect_databar_on_resampled_bam_images(factor):
+    from skimage.transform import rescale
+
+    for path in sorted(BAM_IMAGE.parent.glob("*.tif"))[::4]:
+        m = read_micrograph(path)
+        resampled = np.clip(rescale(m.pixels, factor, order=1, anti_aliasing=factor < 1), 0, 1)
+        assert abs(detect_databar(resampled) - round(m.databar_row * factor)) <= 2, path.name
+
+
 def test_databar_override_validation(tmp_path):
     tifffile.imwrite(tmp_path / "a.tif", _sem_like())
     assert _read_quiet(tmp_path / "a.tif", databar_row=96).databar_row == 96

@@ -9,7 +9,8 @@ from skimage import draw, measure
 from nanoseg.dataset import random_crops
 from nanoseg.errors import NanosegError
 from nanoseg.targets import (BACKGROUND, BOUNDARY, INTERIOR, border_weights, boundary_classes, instance_settings,
-                             make_targets, normalized_distance, separating_lines, training_targets)
+                             make_targets, normalized_distance, separate_touching, separating_lines,
+                             training_targets, zoom_mask, zoom_targets)
 
 
 def touching_discs(shape=(60, 80), centers=((30, 28), (30, 50)), radius=12, line_col=39):
@@ -132,3 +133,67 @@ def test_lines_survive_crops_flips_and_rotations():
             seen_line += 1
             assert line.sum(0).max() == 1 or line.sum(1).max() == 1
     assert seen_line > 3
+
+
+def many_touching_discs(shape=(160, 160), seed=0):
+    """A BAM-like mask: touching discs, each pair cut apart by 1-px background lines (watershed of the union)."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    rng = np.random.default_rng(seed)
+    union = np.zeros(shape, bool)
+    markers = np.zeros(shape, np.int32)
+    for i in range(25):
+        c = rng.integers(10, shape[0] - 10, 2)
+        rr, cc = draw.disk(tuple(c), int(rng.integers(6, 14)), shape=shape)
+        union[rr, cc] = True
+        markers[c[0], c[1]] = i + 1
+    labels = watershed(-ndi.distance_transform_edt(union), markers, mask=union, watershed_line=True)
+    return separate_touching(labels) > 0
+
+
+@pytest.mark.parametrize("zoom", [0.5, 0.8, 1.25, 2.0])
+def test_zoomed_masks_keep_their_instances_apart(zoom):
+    """Scale augmentation / bench/scale.py: nearest-neighbour zoom, then 1-px lines again between instances."""
+    mask = many_touching_discs()
+    labels = measure.label(mask, connectivity=1)
+    shape = tuple(int(round(n * zoom)) for n in mask.shape)
+    zoomed = zoom_mask(mask, shape)
+    assert zoomed.shape == shape and zoomed.dtype == bool
+    again = measure.label(zoomed, connectivity=1)
+    big = [r for r in measure.regionprops(labels) if r.area * zoom**2 >= 30]
+    assert again.max() >= len(big)  # no two instances merged (small ones may vanish when shrinking)
+    assert again.max() <= labels.max()
+    assert abs(zoomed.sum() / zoom**2 - mask.sum()) / mask.sum() < 0.12  # area scales with zoom squared
+    t = zoom_targets(mask, shape, {"model": {"variant": "instance"},
+                                   "instance": {"head": "classes3", "loss": "wcce_dice"}})
+    assert t.shape == shape + (4,) and (t[..., BOUNDARY] == 1).any()
+
+
+def test_separate_touching():
+    labels = np.zeros((5, 6), np.int32)
+    labels[1:4, 0:3], labels[1:4, 3:6] = 1, 2  # two instances touching along a column
+    out = separate_touching(labels)
+    assert (out[1:4, 3] == 0).all() and (out[1:4, :3] == 1).all() and (out[1:4, 4:] == 2).all()
+    assert measure.label(out > 0, connectivity=1).max() == 2
+    np.testing.assert_array_equal(separate_touching(out), out)  # already apart: unchanged
+
+
+def test_scale_and_inversion_augmentation():
+    mask = many_touching_discs()
+    image = np.where(mask, 0.8, 0.2).astype(np.float32)
+    params = {"model": {"variant": "instance"}, "instance": {"head": "classes3", "loss": "wcce_dice"}}
+    target = training_targets(mask, params)
+    augment = {"flips": False, "rot90": False, "scale": [0.5, 2.0], "scale_p": 1.0}
+    gen = random_crops([image], [target], 64, augment, 0, masks=[mask],
+                       zoom_target=lambda m, shape: zoom_targets(m, shape, params))
+    for _ in range(10):
+        x, y = next(gen)
+        assert x.shape == (64, 64, 1) and y.shape == (64, 64, 4)
+        fg = y[..., INTERIOR] + y[..., BOUNDARY]
+        assert ((x[..., 0] > 0.5) == (fg > 0)).mean() > 0.9  # image and target zoomed alike
+    with pytest.raises(NanosegError, match="scale"):
+        next(random_crops([image], [target], 64, augment, 0))
+    gen = random_crops([image], [target], 64, {"flips": False, "rot90": False, "invert": 1.0}, 0)
+    x, y = next(gen)
+    assert (x[..., 0][y[..., INTERIOR] > 0] < 0.5).all()  # particles dark, the target unchanged

@@ -461,23 +461,42 @@ def read_mask(path, shape=None) -> np.ndarray:
     return array > 0
 
 
+def _level_fractions(levels: np.ndarray, tolerance: int) -> np.ndarray:
+    """``out[row, v]``: the fraction of the row's pixels within ``tolerance`` of gray level ``v``."""
+    height, width = levels.shape
+    counts = np.bincount((levels + 256 * np.arange(height)[:, None]).ravel(), minlength=256 * height)
+    cumulative = np.pad(np.cumsum(counts.reshape(height, 256), axis=1), ((0, 0), (1, 0)))
+    centre = np.arange(256)
+    return (cumulative[:, np.minimum(centre + tolerance + 1, 256)]
+            - cumulative[:, np.maximum(centre - tolerance, 0)]) / width
+
+
 def detect_databar(
     pixels: np.ndarray,
     *,
     search_fraction: float = 0.4,
-    flat_fraction: float = 0.75,
-    band_fraction: float = 0.8,
-    min_rows: int = 4,
+    edge_fraction: float = 0.95,
+    sample_fraction: float = 0.75,
+    band_fraction: float = 0.5,
+    min_rows: int = 2,
+    tolerance: int = 6,
 ) -> int:
     """Find the first row of the microscope's data bar.
 
-    A row is *flat* when at least ``flat_fraction`` of its pixels share the
-    row's most common value (256 gray levels): the data bar is a uniform band
-    with sparse text, the sample is textured. The data bar starts at the first
-    flat row in the bottom ``search_fraction`` of the image that follows a
-    non-flat row, when at least ``band_fraction`` of the rows from there to
-    the bottom are flat and they are at least ``min_rows``. Isolated non-flat
-    rows (text lines, a frame line at the very bottom) are tolerated.
+    The data bar is a band at the bottom of the frame, of one gray level ``b``
+    with sparse text, that begins with a sharp straight edge. Row ``r`` starts
+    it when its first ``min_rows`` rows are near-uniform (at least
+    ``edge_fraction`` of their pixels within ``tolerance`` of 256 gray levels
+    of ``b``; the first may blend sample and bar, as in resampled images, and
+    needs only half its pixels at ``b``),
+    the row above is sample (less than ``sample_fraction`` of it at ``b``:
+    textured, or another level) and at least ``band_fraction`` of
+    all pixels from ``r`` to the bottom are at ``b``. The first such row in
+    the bottom ``search_fraction`` of the image is returned. The tolerance and
+    the fractions make it hold for resampled (0.5x-2x) and JPEG-compressed
+    micrographs and for bars of any height or shade. Particles do not end in a
+    straight line across the frame, so a sample is not cut where particles
+    continue below the row; an image without a bar returns its height.
 
     Parameters
     ----------
@@ -492,12 +511,17 @@ def detect_databar(
     image = np.asarray(pixels)
     if image.ndim != 2:
         raise ValueError(f"expected a 2-D image, got shape {image.shape}")
-    height, width = image.shape
+    height = image.shape[0]
     levels = np.round(_unit_scale(image, Path("<array>")) * 255).astype(np.int64)
-    counts = np.bincount((levels + 256 * np.arange(height)[:, None]).ravel(), minlength=256 * height)
-    flat = counts.reshape(height, 256).max(axis=1) >= flat_fraction * width
-    for row in range(max(1, int(height * (1 - search_fraction))), height - min_rows + 1):
-        if flat[row] and not flat[row - 1] and flat[row:].mean() >= band_fraction:
+    near = _level_fractions(levels, tolerance)
+    mode = near.argmax(axis=1)
+    uniform = near[np.arange(height), mode] >= edge_fraction
+    for row in range(max(1, int(height * (1 - search_fraction))), height - min_rows):
+        bar = mode[row + 1]  # the bar's level; row itself may blend sample and bar (resampled images)
+        if near[row - 1, bar] >= sample_fraction or (near[row + 1:row + 1 + min_rows, bar] < edge_fraction).any():
+            continue
+        blend = uniform[row] and abs(int(mode[row]) - int(bar)) < abs(int(mode[row - 1]) - int(bar))
+        if (near[row, bar] >= 0.5 or blend) and near[row:, bar].mean() >= band_fraction:
             return row
     return height
 

@@ -113,6 +113,38 @@ def separating_lines(labels) -> np.ndarray:
     return (labels == 0) & (lo > 0) & (hi != lo)
 
 
+def separate_touching(labels) -> np.ndarray:
+    """Cut 1-px background lines between 4-adjacent pixels of different instances (the larger id yields).
+
+    After a nearest-neighbour zoom, two manual instances can touch (their
+    separating line was dropped); this restores a line so that the mask's
+    4-connected components are the instances again.
+    """
+    labels = np.array(labels, copy=True)
+    for axis in (0, 1):
+        for shift in (1, -1):
+            other = np.roll(labels, shift, axis=axis)
+            edge = [slice(None)] * 2
+            edge[axis] = 0 if shift == 1 else -1
+            other[tuple(edge)] = 0  # no wrap-around
+            labels[(labels > 0) & (other > 0) & (other < labels)] = 0
+    return labels
+
+
+def zoom_mask(mask, shape) -> np.ndarray:
+    """A manual mask resampled to ``shape``: instances by nearest neighbour, separations kept (bool)."""
+    from skimage.transform import resize
+
+    labels = instance_labels(mask)
+    zoomed = resize(labels, tuple(shape), order=0, mode="edge", anti_aliasing=False, preserve_range=True)
+    return separate_touching(zoomed.astype(np.int32)) > 0
+
+
+def zoom_targets(mask, shape, params: dict) -> np.ndarray:
+    """:func:`training_targets` of a mask window zoomed to ``shape`` (scale augmentation)."""
+    return training_targets(zoom_mask(mask, shape), params)
+
+
 def boundary_classes(mask) -> np.ndarray:
     """Per-pixel class (uint8): 0 background, 1 interior, 2 separating boundary (see the module notes)."""
     labels = instance_labels(mask)

@@ -52,8 +52,10 @@ def load_test(params: dict, manifest, split: dict, stems=None) -> HeldOut:
     return HeldOut(stems, images, masks, _class_masks(manifest, stems, root, rows), pixel_sizes(manifest, stems))
 
 
-def score_model(folder, test: HeldOut, batch: int | None = None) -> dict:
+def score_model(folder, test: HeldOut, batch: int | None = None, scale="auto", polarity="auto") -> dict:
     """Score the model in ``folder`` on ``test`` with its own settings (as ``nanoseg predict`` runs it).
+
+    ``scale`` and ``polarity`` are ``nanoseg predict``'s ``--scale`` and ``--polarity`` (default auto).
 
     Returns
     -------
@@ -70,7 +72,7 @@ def score_model(folder, test: HeldOut, batch: int | None = None) -> dict:
     start = time.perf_counter()
     probs, segs = [], []
     for im, px in zip(test.images, test.pixel_sizes):
-        res = infer(predictor, settings, im, px)  # nanoseg predict's path: polarity, scale, decoding
+        res = infer(predictor, settings, im, px, scale=scale, polarity=polarity)  # nanoseg predict's path: polarity, scale, decoding
         probs.append(res["prob"])
         segs.append((res["labels"] > 0, res["labels"]))
     seconds = (time.perf_counter() - start) / max(1, len(test.images))

@@ -169,13 +169,14 @@ def fit(train_images, train_masks, val_images, val_masks, params: dict, log=None
     import tensorflow as tf
 
     from nanoseg.dataset import make_train_dataset
-    from nanoseg.targets import training_targets
+    from nanoseg.targets import training_targets, zoom_targets
 
     t = params["train"]
     keras.utils.set_random_seed(int(t.get("seed", 0)))
     targets = [training_targets(m, params) for m in train_masks]
     ds = make_train_dataset(train_images, targets, int(t["crop"]),
-                            int(t["batch"]), t.get("augment", {}), int(t.get("seed", 0)))
+                            int(t["batch"]), t.get("augment", {}), int(t.get("seed", 0)), masks=train_masks,
+                            zoom_target=lambda m, shape: zoom_targets(m, shape, params))
     steps = t.get("steps_per_epoch") or max(1, math.ceil(sum(im.size for im in train_images)
                                                           / (int(t["crop"]) ** 2 * int(t["batch"]))))
     val = None
