@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "brighter than the background, SEM) or dark (darker: transmission, TEM bright field)")
     p.add_argument("--spread", action="store_true",
                    help="ensemble models: also write <stem>_spread.tif, the members' disagreement (std)")
+    p.add_argument("--roi", action="store_true",
+                   help="also write <stem>_rois.zip, a Fiji ROI set with one polygon per particle")
     p.set_defaults(func=_call("nanoseg.predict:predict_command"))
 
     p = sub.add_parser("tune", help="Optuna search over learning rate and batch size (trials as MLflow runs)")
