@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5001, help="port (default 5001)")
     p.set_defaults(func=_call("nanoseg.serving:serve_command"))
 
+    p = sub.add_parser("app", help="a page for microscopists: drop micrographs, see outlines and sizes (127.0.0.1)")
+    p.add_argument("--model", help="model URI or saved model folder (default models:/nanoseg@champion)")
+    p.add_argument("--port", type=int, default=5002, help="port on 127.0.0.1 (default 5002)")
+    p.set_defaults(func=_call("nanoseg.app:app_command"))
+
     p = sub.add_parser("request", help="send images to a nanoseg server and print their summaries as JSON")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--url", default="http://127.0.0.1:5001", help="server address (default http://127.0.0.1:5001)")
