@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "brighter than the background, SEM) or dark (darker: transmission, TEM bright field)")
     p.add_argument("--spread", action="store_true",
                    help="ensemble models: also write <stem>_spread.tif, the members' disagreement (std)")
+    p.add_argument("--roi", action="store_true",
+                   help="also write <stem>_rois.zip, a Fiji ROI set with one polygon per particle")
     p.set_defaults(func=_call("nanoseg.predict:predict_command"))
 
     p = sub.add_parser("tune", help="Optuna search over learning rate and batch size (trials as MLflow runs)")
@@ -80,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=5001, help="port (default 5001)")
     p.set_defaults(func=_call("nanoseg.serving:serve_command"))
+
+    p = sub.add_parser("app", help="a page for microscopists: drop micrographs, see outlines and sizes (127.0.0.1)")
+    p.add_argument("--model", help="model URI or saved model folder (default models:/nanoseg@champion)")
+    p.add_argument("--port", type=int, default=5002, help="port on 127.0.0.1 (default 5002)")
+    p.set_defaults(func=_call("nanoseg.app:app_command"))
 
     p = sub.add_parser("request", help="send images to a nanoseg server and print their summaries as JSON")
     p.add_argument("images", nargs="+", metavar="IMAGE")

@@ -14,6 +14,7 @@ measures every particle and writes, for each input ``<stem>``::
     <stem>_overlay.png      particle contours on the image, scale bar in nm (px without pixel size)
     <stem>_uncertainty.tif  float32 TTA standard deviation (only with --tta)
     <stem>_spread.tif       float32 std of an ensemble's members' foreground probability (only with --spread)
+    <stem>_rois.zip         Fiji/ImageJ ROI set, one polygon per particle named by its id (only with --roi)
 
 and for the run ``particles.csv`` (one row per particle, units in the column
 names, ``inference_zoom``), ``summary.json`` and ``psd.png`` (ECD distribution of the measurable
@@ -437,6 +438,10 @@ def predict_one(predictor, settings, path, out_dir, args):
         tifffile.imwrite(out_dir / f"{stem}_spread.tif", full_spread)
     table = particle_table(labels.astype(np.int32), mg.pixel_size_nm, full_prob, mg.path.name, mg.databar_row)
     table["inference_zoom"] = factor
+    if getattr(args, "roi", False):
+        from nanoseg.rois import write_rois
+
+        write_rois(out_dir / f"{stem}_rois.zip", labels, table)
     info = {"image": mg.path.name, "path": str(mg.path), "width": mg.width, "height": mg.height,
             "pixel_size_nm": mg.pixel_size_nm, "pixel_size_source": mg.pixel_size_source,
             "databar_row": mg.databar_row, "unit": table.attrs.get("unit"), "particles": int(len(table)),
