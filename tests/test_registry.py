@@ -67,7 +67,7 @@ def project(tmp_path_factory, bam_dir):
     from tests.conftest import write_small_dataset
 
     root = tmp_path_factory.mktemp("registry")
-    data = write_small_dataset(root / "dataset", n=8)
+    data = write_small_dataset(bam_dir, root / "dataset", n=8)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["profile"] = "smoke"
     params["data"]["source"] = params["data"]["dir"] = str(data)
