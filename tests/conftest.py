@@ -4,6 +4,7 @@ Nothing here skips for lack of ../shared: ``bam_dir`` is the real BAM dataset wh
 (``NANOSEG_BAM_DIR`` or ../shared/datasets/bam-tio2) and otherwise a synthetic dataset in the same layout
 made by the tests (tests/synthetic_bam.py). Only the few checks of the real files themselves
 (``needs_real_bam``, ``needs_weights``) skip without them, with a reason starting "real data only".
+With ``NANOSEG_NO_SKIP=1`` (``make test``, ``.ci/run``) any other skip fails the run (``ALLOWED_SKIPS``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ needs_real_bam = pytest.mark.skipif(
     not HAVE_BAM, reason=f"{REAL_DATA_ONLY}: checks the real BAM files; not at {BAM} (set NANOSEG_BAM_DIR)")
 needs_weights = pytest.mark.skipif(
     not WEIGHTS.is_file(), reason=f"{REAL_DATA_ONLY}: checks the ImageNet weights file; not at {WEIGHTS}")
+
+#: Skips allowed under NANOSEG_NO_SKIP=1 (reason prefixes): system programs that .ci/run installs only when it
+#: runs as root, and the checks of the real ../shared files themselves. Any other skip fails the run.
+ALLOWED_SKIPS = ("Chromium is not installed", "PostgreSQL server binaries not installed", REAL_DATA_ONLY)
 
 
 @pytest.fixture(scope="session")
@@ -109,3 +114,43 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     exe = shutil.which("nanoseg", path=str(Path(sys.executable).parent)) or "nanoseg"
     return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
+
+
+# ----------------------------------------------------------------------------- the skip guard
+
+_skipped: list[tuple[str, str]] = []
+
+
+def _record_skip(report) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        longrepr = report.longrepr
+        reason = str(longrepr[2]) if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+        _skipped.append((report.nodeid, reason.removeprefix("Skipped: ")))
+
+
+def pytest_runtest_logreport(report):
+    _record_skip(report)
+
+
+def pytest_collectreport(report):
+    _record_skip(report)
+
+
+def _forbidden_skips() -> list[tuple[str, str]]:
+    if os.environ.get("NANOSEG_NO_SKIP") != "1":
+        return []
+    return [(node, reason) for node, reason in _skipped if not reason.startswith(ALLOWED_SKIPS)]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _forbidden_skips() and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    forbidden = _forbidden_skips()
+    if forbidden:
+        terminalreporter.section("skips not allowed (NANOSEG_NO_SKIP=1): the run fails", sep="=", red=True)
+        for node, reason in forbidden:
+            terminalreporter.line(f"SKIPPED {node}: {reason}")
+        terminalreporter.line(f"allowed skip reasons start with: {', '.join(map(repr, ALLOWED_SKIPS))}")
