@@ -1,4 +1,11 @@
-"""Shared fixtures: the BAM dataset location and small datasets in the BAM layout."""
+"""Shared fixtures: datasets in the BAM layout (the real one or a synthetic stand-in), and the skip guard.
+
+Nothing here skips for lack of ../shared: ``bam_dir`` is the real BAM dataset when it is there
+(``NANOSEG_BAM_DIR`` or ../shared/datasets/bam-tio2) and otherwise a synthetic dataset in the same layout
+made by the tests (tests/synthetic_bam.py). Only the few checks of the real files themselves
+(``needs_real_bam``, ``needs_weights``) skip without them, with a reason starting "real data only".
+With ``NANOSEG_NO_SKIP=1`` (``make test``, ``.ci/run``) any other skip fails the run (``ALLOWED_SKIPS``).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,8 @@ import numpy as np
 import pytest
 import tifffile
 
+from tests.synthetic_bam import CLASS_MASKS, IMAGES, MASKS, write_synthetic_bam
+
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -22,50 +31,66 @@ pytest_plugins = ["tests.s3server"]
 
 REPO = Path(__file__).resolve().parents[1]
 BAM = Path(os.environ.get("NANOSEG_BAM_DIR", REPO.parent / "shared/datasets/bam-tio2"))
-IMAGES = "Electron Microscopy Images/SEM"
-MASKS = "Electron Microscopy Image Masks/TiO2_Masks_Manual_4connected"
-CLASS_MASKS = "Electron Microscopy Image Masks/TiO2_Masks_Manual_4connected_2Classes"
+HAVE_BAM = (BAM / IMAGES).is_dir()
+WEIGHTS = REPO.parent / "shared/weights/resnet50_imagenet_notop.weights.h5"
 PX_PER_CM = 1e7 / 7.34375  # 7.34375 nm pixels, as TIFF resolution in pixels per centimetre
+
+REAL_DATA_ONLY = "real data only"
+needs_real_bam = pytest.mark.skipif(
+    not HAVE_BAM, reason=f"{REAL_DATA_ONLY}: checks the real BAM files; not at {BAM} (set NANOSEG_BAM_DIR)")
+needs_weights = pytest.mark.skipif(
+    not WEIGHTS.is_file(), reason=f"{REAL_DATA_ONLY}: checks the ImageNet weights file; not at {WEIGHTS}")
+
+#: Skips allowed under NANOSEG_NO_SKIP=1 (reason prefixes): system programs that .ci/run installs only when it
+#: runs as root, and the checks of the real ../shared files themselves. Any other skip fails the run.
+ALLOWED_SKIPS = ("Chromium is not installed", "PostgreSQL server binaries not installed", REAL_DATA_ONLY)
 
 
 @pytest.fixture(scope="session")
-def bam_dir() -> Path:
-    if not (BAM / IMAGES).is_dir():
-        pytest.skip(f"BAM dataset not found at {BAM} (set NANOSEG_BAM_DIR)")
-    return BAM
+def synthetic_bam(tmp_path_factory) -> Path:
+    """The synthetic stand-in for the BAM dataset (8 images, fixed seed), made once per session."""
+    return write_synthetic_bam(tmp_path_factory.mktemp("synthetic-bam"), n=8, seed=0)
 
 
-def bam_stems(n: int) -> list[str]:
-    return sorted(p.stem for p in (BAM / IMAGES).glob("*.tif"))[:n]
+@pytest.fixture(scope="session")
+def bam_dir(request) -> Path:
+    """A dataset in the BAM layout: the real BAM dataset when present, else the synthetic one (never a skip)."""
+    return BAM if HAVE_BAM else request.getfixturevalue("synthetic_bam")
 
 
-def write_small_dataset(root: Path, n: int = 8, rows: int = 224, cols: int = 320, bar: int = 32,
+def bam_stems(source: Path, n: int) -> list[str]:
+    return sorted(p.stem for p in (source / IMAGES).glob("*.tif"))[:n]
+
+
+def write_small_dataset(source: Path, root: Path, n: int = 8, rows: int = 224, cols: int = 320, bar: int = 32,
                         pixel_size: bool = True) -> Path:
-    """A small dataset in the BAM layout, cut from the shared BAM images (never modified in place):
-    the ``rows x cols`` window with the most particles of each image plus ``bar`` rows of its data bar,
-    8-bit gray TIFF with the pixel size as TIFF resolution; masks cut the same way."""
+    """A small dataset in the BAM layout, cut from the first ``n`` images of ``source`` (a folder in the BAM layout,
+    e.g. the ``bam_dir`` fixture; never modified in place): the ``rows x cols`` window with the most particles of
+    each image plus ``bar`` rows of its data bar, 8-bit gray TIFF with the pixel size as TIFF resolution; masks cut
+    the same way."""
     from nanoseg.micrograph import read_image_array, read_micrograph
 
     for sub in (IMAGES, MASKS, CLASS_MASKS):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    for stem in bam_stems(n):
-        mg = read_micrograph(BAM / IMAGES / f"{stem}.tif")
-        m = read_image_array(BAM / MASKS / f"{stem}_m.tif")
-        r0, c0 = max(((r, c) for r in range(0, 704 - rows + 1, 32) for c in range(0, 1024 - cols + 1, 64)),
+    for stem in bam_stems(source, n):
+        mg = read_micrograph(source / IMAGES / f"{stem}.tif")
+        m = read_image_array(source / MASKS / f"{stem}_m.tif")
+        sample, bar_row = mg.crop_rows(32), mg.databar_row
+        r0, c0 = max(((r, c) for r in range(0, sample - rows + 1, 32) for c in range(0, mg.width - cols + 1, 64)),
                      key=lambda rc: (m[rc[0] : rc[0] + rows, rc[1] : rc[1] + cols] > 0).mean())
-        img = np.concatenate([mg.pixels[r0 : r0 + rows, c0 : c0 + cols], mg.pixels[712 : 712 + bar, :cols]])
+        img = np.concatenate([mg.pixels[r0 : r0 + rows, c0 : c0 + cols], mg.pixels[bar_row : bar_row + bar, :cols]])
         kw = {"resolution": (PX_PER_CM, PX_PER_CM), "resolutionunit": "CENTIMETER"} if pixel_size else {}
         tifffile.imwrite(root / IMAGES / f"{stem}.tif", (img * 255).round().astype(np.uint8), **kw)
         mask = np.concatenate([m[r0 : r0 + rows, c0 : c0 + cols], np.zeros((bar, cols), m.dtype)])
         tifffile.imwrite(root / MASKS / f"{stem}_m.tif", mask)
-        cm = read_image_array(BAM / CLASS_MASKS / f"{stem}_cm.tif")
+        cm = read_image_array(source / CLASS_MASKS / f"{stem}_cm.tif")
         tifffile.imwrite(root / CLASS_MASKS / f"{stem}_cm.tif", cm[r0 : r0 + rows, c0 : c0 + cols])
     return root
 
 
 @pytest.fixture
 def small_dataset(tmp_path, bam_dir) -> Path:
-    return write_small_dataset(tmp_path / "dataset")
+    return write_small_dataset(bam_dir, tmp_path / "dataset")
 
 
 @pytest.fixture
@@ -89,3 +114,43 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     exe = shutil.which("nanoseg", path=str(Path(sys.executable).parent)) or "nanoseg"
     return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
+
+
+# ----------------------------------------------------------------------------- the skip guard
+
+_skipped: list[tuple[str, str]] = []
+
+
+def _record_skip(report) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        longrepr = report.longrepr
+        reason = str(longrepr[2]) if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+        _skipped.append((report.nodeid, reason.removeprefix("Skipped: ")))
+
+
+def pytest_runtest_logreport(report):
+    _record_skip(report)
+
+
+def pytest_collectreport(report):
+    _record_skip(report)
+
+
+def _forbidden_skips() -> list[tuple[str, str]]:
+    if os.environ.get("NANOSEG_NO_SKIP") != "1":
+        return []
+    return [(node, reason) for node, reason in _skipped if not reason.startswith(ALLOWED_SKIPS)]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _forbidden_skips() and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    forbidden = _forbidden_skips()
+    if forbidden:
+        terminalreporter.section("skips not allowed (NANOSEG_NO_SKIP=1): the run fails", sep="=", red=True)
+        for node, reason in forbidden:
+            terminalreporter.line(f"SKIPPED {node}: {reason}")
+        terminalreporter.line(f"allowed skip reasons start with: {', '.join(map(repr, ALLOWED_SKIPS))}")

@@ -1,16 +1,15 @@
-"""Tests for nanoseg.metrics (synthetic arrays and one cropped BAM mask)."""
+"""Tests for nanoseg.metrics (synthetic arrays and one cropped BAM(-layout) mask)."""
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from skimage import measure
 
 from nanoseg import metrics
 from nanoseg.errors import NanosegError
-
-BAM = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "bam-tio2"
+from tests.conftest import MASKS
 
 
 def _squares(shape, boxes):
@@ -129,10 +128,8 @@ def test_summarize_folds():
     assert "name" not in out and math.isnan(metrics.summarize_folds([{"a": 1}])["a_std"])
 
 
-@pytest.mark.skipif(not BAM.is_dir(), reason="shared BAM dataset not available")
-def test_real_bam_mask_against_itself():
-    tifffile = pytest.importorskip("tifffile")
-    path = BAM / "Electron Microscopy Image Masks/TiO2_Masks_Manual_4connected/1908248_m.tif"
+def test_bam_mask_against_itself(bam_dir):
+    path = sorted((bam_dir / MASKS).glob("*_m.tif"))[0]  # 1908248_m.tif, or the synthetic stand-in's
     crop = tifffile.imread(path)[200:456, 300:556] > 0
     gt = measure.label(crop, connectivity=1)
     assert gt.max() > 5

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -29,11 +28,14 @@ from nanoseg.micrograph import (
     read_micrograph,
 )
 
-BAM = Path(os.environ.get("NANOSEG_BAM_DIR", Path(__file__).resolve().parents[2] / "shared/datasets/bam-tio2"))
-BAM_IMAGE = BAM / "Electron Microscopy Images/SEM/1908248.tif"
-BAM_MASK = BAM / "Electron Microscopy Image Masks/TiO2_Masks_Manual_4connected/1908248_m.tif"
-BAM_CLASS_MASK = BAM / "Electron Microscopy Image Masks/TiO2_Masks_Manual_4connected_2Classes/1908248_cm.tif"
-needs_bam = pytest.mark.skipif(not BAM_IMAGE.is_file(), reason="BAM dataset not available")
+from tests.conftest import BAM, CLASS_MASKS, IMAGES, MASKS, needs_real_bam
+
+
+@pytest.fixture(scope="module")
+def bam_files(bam_dir):
+    """The first image of the BAM dataset (1908248) or of its synthetic stand-in, with its two masks."""
+    image = sorted((bam_dir / IMAGES).glob("*.tif"))[0]
+    return (image, bam_dir / MASKS / f"{image.stem}_m.tif", bam_dir / CLASS_MASKS / f"{image.stem}_cm.tif")
 
 
 def _sem_like(height=96, width=128, bar=80, seed=0) -> np.ndarray:
@@ -51,12 +53,11 @@ def _read_quiet(path, **kwargs) -> Micrograph:
         return read_micrograph(path, **kwargs)
 
 
-# ----------------------------------------------------------------------------- the real BAM image
+# ----------------------------------------------------------------------------- a BAM image (real or synthetic)
 
 
-@needs_bam
-def test_bam_image():
-    m = read_micrograph(BAM_IMAGE)
+def test_bam_image(bam_files):
+    m = read_micrograph(bam_files[0])
     assert m.shape == (768, 1024) and (m.height, m.width) == (768, 1024)
     assert m.pixels.dtype == np.float32 and 0.0 <= m.pixels.min() and m.pixels.max() <= 1.0
     assert m.pixel_size_nm == pytest.approx(7.34375)
@@ -67,27 +68,32 @@ def test_bam_image():
     assert m.source_dtype == "uint8 palette"
     w, h = m.field_of_view_um
     assert w == pytest.approx(7.52) and h == pytest.approx(m.databar_row * 7.34375e-3)
-    # the palette is applied: index 243 is white in the Zeiss palette
-    raw = read_image_array(BAM_IMAGE)
+    raw = read_image_array(bam_files[0])
     assert raw.dtype == np.uint8 and raw.shape == (768, 1024)
-    assert np.allclose(m.pixels[raw == 243], 1.0)
 
 
-@needs_bam
-def test_bam_masks_and_overrides():
-    m = read_micrograph(BAM_IMAGE, pixel_size="7.0nm", databar_row=700)
+@needs_real_bam
+def test_zeiss_palette_is_applied():
+    # the real file's palette is not a gray ramp: index 243 is white in the Zeiss palette
+    path = BAM / IMAGES / "1908248.tif"
+    m, raw = read_micrograph(path), read_image_array(path)
+    assert (raw == 243).any() and np.allclose(m.pixels[raw == 243], 1.0)
+
+
+def test_bam_masks_and_overrides(bam_files):
+    image, mask_file, class_mask_file = bam_files
+    m = read_micrograph(image, pixel_size="7.0nm", databar_row=700)
     assert (m.pixel_size_nm, m.pixel_size_source, m.databar_row) == (7.0, "override", 700)
     assert m.crop_rows(32) == 672
-    mask = read_mask(BAM_MASK, shape=m.shape)
+    mask = read_mask(mask_file, shape=m.shape)
     assert mask.dtype == bool and 0.02 < mask.mean() < 0.5
-    class_mask = read_mask(BAM_CLASS_MASK)
-    assert class_mask.shape == (704, 1024) == (read_micrograph(BAM_IMAGE).crop_rows(32), 1024)
+    class_mask = read_mask(class_mask_file)
+    assert class_mask.shape == (704, 1024) == (read_micrograph(image).crop_rows(32), 1024)
 
 
-@needs_bam
-def test_truncated_tiff(tmp_path):
+def test_truncated_tiff(tmp_path, bam_files):
     bad = tmp_path / "cut.tif"
-    bad.write_bytes(BAM_IMAGE.read_bytes()[:2000])
+    bad.write_bytes(bam_files[0].read_bytes()[:2000])
     with pytest.raises(NanosegError, match=r"cut\.tif.*(truncated|damaged)"):
         read_micrograph(bad)
     with pytest.raises(NanosegError, match="cut.tif"):
@@ -370,9 +376,8 @@ def test_info_command_json(tmp_path, capsys):
     assert "sizes will be in pixels" in capsys.readouterr().out
 
 
-@needs_bam
-def test_cli_info(tmp_path):
-    result = subprocess.run([*_nanoseg(), "info", str(BAM_IMAGE)], capture_output=True, text=True, timeout=120)
+def test_cli_info(tmp_path, bam_files):
+    result = subprocess.run([*_nanoseg(), "info", str(bam_files[0])], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "7.344" in result.stdout and "CZ_SEM" in result.stdout
     assert "from row 712" in result.stdout and "7.520 x 5.229" in result.stdout

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import h5py
 import keras
 import numpy as np
@@ -13,9 +11,9 @@ from nanoseg.errors import NanosegError
 from nanoseg.losses import dice_coefficient, dice_loss
 from nanoseg.model import (build_unet, configure_precision, load_model, preferred_policy, save_model,
                            with_policy)
+from tests.conftest import WEIGHTS, needs_weights
 
 TINY = (16, 16, 8, 8, 8)
-WEIGHTS = Path(__file__).resolve().parents[2] / "shared/weights/resnet50_imagenet_notop.weights.h5"
 
 
 @pytest.fixture(autouse=True)
@@ -96,7 +94,19 @@ def test_unreadable_weights_file(tmp_path):
         build_unet(weights=str(bad), decoder_filters=TINY)
 
 
-@pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"{WEIGHTS} not present")
+def test_weights_file_loads_into_the_encoder(tmp_path):
+    """The .weights.h5 loading path without ../shared: a file saved from a seeded, randomly initialised trunk."""
+    keras.utils.set_random_seed(3)
+    trunk = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(None, None, 3))
+    path = tmp_path / "resnet50_random_notop.weights.h5"
+    trunk.save_weights(path)
+    keras.utils.set_random_seed(4)
+    encoder = build_unet(weights=str(path), decoder_filters=TINY, input_shape=(64, 64, 1)).get_layer("encoder")
+    for name in ("conv1_conv", "conv5_block3_3_conv"):
+        np.testing.assert_array_equal(encoder.get_layer(name).kernel.numpy(), trunk.get_layer(name).kernel.numpy())
+
+
+@needs_weights
 def test_imagenet_weights_file_loads():
     model = build_unet(weights=str(WEIGHTS), decoder_filters=TINY, input_shape=(64, 64, 1))
     kernel = model.get_layer("encoder").get_layer("conv1_conv").kernel.numpy()

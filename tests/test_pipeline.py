@@ -43,7 +43,7 @@ def project(tmp_path_factory, bam_dir):
             dst = repo / f
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst)
-    data = write_small_dataset(root / "dataset", n=8)
+    data = write_small_dataset(bam_dir, root / "dataset", n=8)
     sh("git", "init", "-q", cwd=repo)
     sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A", cwd=repo)
     sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy", cwd=repo)

@@ -18,7 +18,7 @@ from nanoseg.cli import main
 from nanoseg.errors import NanosegError
 from nanoseg.model import build_unet, save_model
 from nanoseg.predict import Predictor, load_predictor, predict_command
-from tests.conftest import IMAGES, PX_PER_CM
+from tests.conftest import IMAGES, MASKS, PX_PER_CM
 
 keras.mixed_precision.set_global_policy("float32")
 
@@ -39,12 +39,16 @@ def conv_model():
 
 @pytest.fixture(scope="module")
 def sem_crop(tmp_path_factory, bam_dir):
-    """A 300x200 (W x H) cut of a BAM image: 168 sample rows + 32 rows of its data bar, pixel size in the TIFF."""
-    from nanoseg.micrograph import read_micrograph
+    """A 300x200 (W x H) cut of a BAM(-layout) image: 168 sample rows (the window with the most particles) + 32 rows
+    of its data bar, pixel size in the TIFF."""
+    from nanoseg.micrograph import read_image_array, read_micrograph
 
     path = sorted((bam_dir / IMAGES).glob("*.tif"))[0]
     mg = read_micrograph(path)
-    crop = np.concatenate([mg.pixels[100:268, 200:500], mg.pixels[712:744, 200:500]])
+    mask = read_image_array(bam_dir / MASKS / f"{path.stem}_m.tif") > 0
+    r, c = max(((r, c) for r in range(0, 704 - 168 + 1, 32) for c in range(0, 1024 - 300 + 1, 64)),
+               key=lambda rc: mask[rc[0] : rc[0] + 168, rc[1] : rc[1] + 300].mean())
+    crop = np.concatenate([mg.pixels[r : r + 168, c : c + 300], mg.pixels[712:744, c : c + 300]])
     folder = tmp_path_factory.mktemp("images")
     out = folder / "crop.tif"
     tifffile.imwrite(out, (crop * 255).round().astype(np.uint8), resolution=(PX_PER_CM, PX_PER_CM),

@@ -59,15 +59,15 @@ def set_threshold(folder, threshold):
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, bam_dir):
-    """A project folder (smoke profile that may publish, small BAM crops prepared), data.dvc, a git commit,
-    its MLflow store inside it."""
+def prepared_project(tmp_path_factory, bam_dir):
+    """A project folder (smoke profile that may publish, small BAM(-layout) crops prepared), data.dvc and a git
+    commit; made once, copied for each test by ``project``."""
     import yaml
 
     from tests.conftest import write_small_dataset
 
     root = tmp_path_factory.mktemp("registry")
-    data = write_small_dataset(root / "dataset", n=8)
+    data = write_small_dataset(bam_dir, root / "dataset", n=8)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["profile"] = "smoke"
     params["data"]["source"] = params["data"]["dir"] = str(data)
@@ -87,7 +87,24 @@ def project(tmp_path_factory, bam_dir):
         from nanoseg.stages import prepare
 
         assert prepare.command() == 0
-        yield root
+    assert not (root / "mlruns").exists()  # the copies start with empty stores
+    return root
+
+
+@pytest.fixture
+def project(prepared_project, tmp_path, monkeypatch):
+    """A fresh copy of the prepared project, the working directory, with its own empty MLflow store: each test
+    makes the models, metrics and registry versions it needs (none depends on another having run)."""
+    from nanoseg import tracking
+
+    root = tmp_path / "project"
+    shutil.copytree(prepared_project, root, symlinks=True)
+    monkeypatch.setenv("NANOSEG_HOME", str(root))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("NANOSEG_PROFILE", raising=False)
+    monkeypatch.chdir(root)
+    tracking.setup()  # MLflow's process-wide tracking URI: this test's store, not the previous test's
+    return root
 
 
 def write_cv(root, dice, f1_clean, std=0.01):
@@ -224,11 +241,10 @@ def test_champion_loads_as_pyfunc_and_refuses_bad_input(project, capsys):
 
     from nanoseg.serving import input_example
 
-    if champion_version() is None:  # self-contained: publish a champion when this test runs alone
-        save_tiny_model(project / "models/final")
-        scores = score_only(project / "models/final")
-        write_cv(project, dice=scores["dice"], f1_clean=scores["f1_50_clean"])
-        evaluate_and_publish(capsys)
+    save_tiny_model(project / "models/final")  # a candidate that holds its CV estimate: the first champion
+    scores = score_only(project / "models/final")
+    write_cv(project, dice=scores["dice"], f1_clean=scores["f1_50_clean"])
+    assert evaluate_and_publish(capsys)[1]["promoted"] and champion_version() == "1"
     model = mlflow.pyfunc.load_model("models:/nanoseg@champion")
     out = model.predict(input_example(), params={"return_images": False})
     assert len(out) == 1 and out[0]["name"] == "example.png" and out[0]["unit"] == "nm"
@@ -248,9 +264,8 @@ def test_publish_refuses_missing_inputs_and_registers_nothing(project, tmp_path)
 
     save_tiny_model(project / "models/final")
     write_cv(project, 0.9, 0.9)
-    if not (project / "metrics/test.json").is_file():
-        (project / "metrics/test.json").write_text(json.dumps({"model": {"dice": 0.9, "f1_50_clean": 0.9}}))
-    before = len(mlflow.MlflowClient().search_model_versions("name='nanoseg'"))
+    (project / "metrics/test.json").write_text(json.dumps({"model": {"dice": 0.9, "f1_50_clean": 0.9}}))
+    assert not mlflow.MlflowClient().search_model_versions("name='nanoseg'")
     params = load_params()
     params["publish"]["rank_by"] = "nope"
     with pytest.raises(NanosegError, match="publish.rank_by = 'nope' is not a test metric"):
@@ -267,7 +282,7 @@ def test_publish_refuses_missing_inputs_and_registers_nothing(project, tmp_path)
     shutil.copy(project / "metrics/cv.json", tmp_path / "metrics/cv.json")
     with pytest.raises(NanosegError, match="model folder not found or incomplete"):
         publish(params)
-    assert len(mlflow.MlflowClient().search_model_versions("name='nanoseg'")) == before
+    assert not mlflow.MlflowClient().search_model_versions("name='nanoseg'")
 
 
 def test_plain_model_folder_becomes_a_pyfunc(project, tmp_path):
@@ -276,6 +291,7 @@ def test_plain_model_folder_becomes_a_pyfunc(project, tmp_path):
 
     from nanoseg import tracking
 
+    save_tiny_model(project / "models/final")
     path = tracking.save_pyfunc(project / "models/final", tmp_path / "pyfunc")
     info = mlflow.models.get_model_info(str(path))
     assert info.flavors["python_function"]["artifacts"]["nanoseg_model"]["path"] == "artifacts/final"

@@ -47,10 +47,10 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory, bam_dir):
-    """A TIFF with its pixel size (TIFF resolution) and a PNG without one, cut from the BAM images."""
+    """A TIFF with its pixel size (TIFF resolution) and a PNG without one, cut from the BAM(-layout) images."""
     from PIL import Image
 
-    data = write_small_dataset(tmp_path_factory.mktemp("images"), n=2)
+    data = write_small_dataset(bam_dir, tmp_path_factory.mktemp("images"), n=2)
     tif, other = sorted((data / IMAGES).glob("*.tif"))
     png = other.with_suffix(".png")
     Image.open(other).save(png)

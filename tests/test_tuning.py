@@ -210,7 +210,7 @@ def project(tmp_path_factory, bam_dir):
     from nanoseg.dataset import prepare
 
     root = tmp_path_factory.mktemp("tune")
-    data = write_small_dataset(root / "dataset", n=8)
+    data = write_small_dataset(bam_dir, root / "dataset", n=8)
     proj = root / "proj"
     proj.mkdir()
     raw = yaml.safe_load((REPO / "params.yaml").read_text())

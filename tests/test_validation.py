@@ -67,7 +67,7 @@ def test_bad_datasets_fail_with_named_files(small_dataset, params_for, tmp_path,
 
 
 def test_missing_pixel_size_fails_the_gate(tmp_path, params_for, bam_dir):
-    data = write_small_dataset(tmp_path / "nopx", n=6, pixel_size=False)
+    data = write_small_dataset(bam_dir, tmp_path / "nopx", n=6, pixel_size=False)
     with pytest.warns(Warning):
         with pytest.raises(NanosegError, match="pixel size missing"):
             _gate(params_for(data), tmp_path)
