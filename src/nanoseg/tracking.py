@@ -10,7 +10,8 @@ everything at another store, e.g. an ``mlflow server`` with S3 artifacts.
 Every run is tagged with the git commit, the dataset's DVC md5 (from
 ``data.dvc``) and ``DVC_EXP_NAME`` when set.
 
-Run ``python -m nanoseg.tracking --uri`` to print the tracking URI.
+Run ``python -m nanoseg.tracking --uri`` to print the tracking URI (password masked; ``--uri --raw``
+prints it as is, for ``$(...)`` in commands). Every other message masks it (:func:`nanoseg.errors.mask_secrets`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import mlflow  # noqa: E402
 import yaml  # noqa: E402
 
 from nanoseg.config import store_root  # noqa: E402
-from nanoseg.errors import NanosegError  # noqa: E402
+from nanoseg.errors import NanosegError, mask_secrets  # noqa: E402
 
 EXPERIMENT = "nanoseg-bam-tio2"
 
@@ -189,7 +190,8 @@ def download_model(uri: str, dst: str | os.PathLike | None = None) -> Path:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst) if dst else None))
     except Exception as exc:  # MlflowException, OSError, ...
         raise NanosegError(
-            f"{uri}: no such model in the tracking store {setup_uri} ({str(exc).splitlines()[0][:200]}). "
+            f"{uri}: no such model in the tracking store {mask_secrets(setup_uri)} "
+            f"({mask_secrets(str(exc).splitlines()[0][:200])}). "
             "List models with `mlflow ui` (make ui), or pass a saved model folder."
         ) from None
     hits = sorted(local.rglob("nanoseg.json"))
@@ -355,7 +357,8 @@ def check_model_uri(uri: str) -> None:
             client.get_registered_model(name)
     except mlflow.exceptions.MlflowException as exc:
         raise NanosegError(
-            f"{uri}: not found in the model registry of {tracking_uri()} ({str(exc).splitlines()[0][:200]}). "
+            f"{uri}: not found in the model registry of {mask_secrets(tracking_uri())} "
+            f"({mask_secrets(str(exc).splitlines()[0][:200])}). "
             "Publish a model first (`dvc repro publish`), or pass --model with a saved model folder."
         ) from None
 
@@ -364,13 +367,14 @@ def main(argv=None) -> int:
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m nanoseg.tracking")
-    p.add_argument("--uri", action="store_true", help="print the tracking URI")
+    p.add_argument("--uri", action="store_true", help="print the tracking URI (password masked)")
+    p.add_argument("--raw", action="store_true", help="with --uri: print it as is, for $(...) in commands")
     args = p.parse_args(argv)
     if args.uri:
         uri = tracking_uri()
         if uri.startswith("sqlite:///"):
             Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        print(uri)
+        print(uri if args.raw else mask_secrets(uri))
     return 0
 
 
