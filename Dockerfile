@@ -2,7 +2,9 @@
 # Build:  docker build -t nanoseg .
 # The project checkout is mounted at its own host path (MLflow records absolute artifact paths):
 # Train:  docker run --rm -v "$PWD:$PWD" -w "$PWD" -v /path/to/shared:"$(dirname $PWD)/shared":ro nanoseg make run
-# Serve:  docker run --rm -p 5001:5001 -v "$PWD:$PWD" -w "$PWD" nanoseg nanoseg serve --host 0.0.0.0 --port 5001
+# Serve:  docker run --rm -p 127.0.0.1:5001:5001 -v "$PWD:$PWD" -w "$PWD" nanoseg nanoseg serve --host 0.0.0.0 --port 5001
+#         (0.0.0.0 inside the container only; the host publishes it on loopback: the server has no
+#         authentication, put a reverse proxy with auth and TLS in front to reach it from elsewhere)
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \

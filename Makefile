@@ -44,7 +44,7 @@ test: install
 	exit $$rc
 
 ui: install
-	mlflow ui --backend-store-uri "$$(python -m nanoseg.tracking --uri)" --host 127.0.0.1 --port $(UI_PORT)
+	mlflow ui --backend-store-uri "$$(python -m nanoseg.tracking --uri --raw)" --host 127.0.0.1 --port $(UI_PORT)
 
 tune: install
 	nanoseg tune

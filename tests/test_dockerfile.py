@@ -78,3 +78,14 @@ def test_serve_command_in_the_image_parses(docker):
     args = build_parser().parse_args(["serve", "--host", "0.0.0.0", "--port", port])
     assert args.port == int(port) and args.host == "0.0.0.0"
     assert f"nanoseg serve --host 0.0.0.0 --port {port}" in (REPO / "Dockerfile").read_text()
+
+
+def test_docs_publish_the_server_on_loopback_only():
+    """Every documented `docker run` publishes the port on the host's 127.0.0.1 (the server has no auth);
+    the docs say to put an authenticating reverse proxy in front."""
+    for doc in ("Dockerfile", "README.md", "docs/serving.md"):
+        text = (REPO / doc).read_text()
+        publishes = re.findall(r"docker run[^\n]*?(-p\s+\S+)", text)
+        assert all(p.split()[1].startswith("127.0.0.1:") for p in publishes), (doc, publishes)
+        assert "reverse proxy" in text, doc
+    assert re.findall(r"docker run[^\n]*-p\s", (REPO / "docs/serving.md").read_text())

@@ -1,17 +1,17 @@
-"""Serving over HTTP: the real `mlflow models serve` on loopback answers like `nanoseg predict`,
-refuses malformed requests with 4xx and a message, and `nanoseg request` / `nanoseg serve` wrap it."""
+"""Serving over HTTP: the real `nanoseg serve` on loopback answers like `nanoseg predict`, refuses malformed
+requests with 4xx and a one-line message, `nanoseg request` / `nanoseg serve` wrap it; models logged as code
+(and versions pickled before) load; the service is thread-safe with a concurrency limit; the guard's answers."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
-import os
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
+import logging
+import shutil
+import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +21,14 @@ import pytest
 from nanoseg import cli
 from nanoseg.errors import NanosegError
 from tests.conftest import IMAGES, write_small_dataset
-from tests.s3server import free_ports
+from tests.served import Served, post
 from tests.test_registry import save_tiny_model
 
 pytestmark = pytest.mark.slow
+
+# python_model.pkl of every version registered before models from code: a reference to nanoseg.tracking.NanosegPyfunc
+LEGACY_PICKLE = (b"\x80\x05\x95)\x00\x00\x00\x00\x00\x00\x00\x8c\x10nanoseg.tracking\x94\x8c\rNanosegPyfunc\x94"
+                 b"\x93\x94)\x81\x94.")
 
 
 @pytest.fixture(scope="module")
@@ -57,60 +61,15 @@ def images(tmp_path_factory, bam_dir):
     return tif, png
 
 
-class Server:
-    """The documented command, started on loopback in its own process group."""
-
-    def __init__(self, store, log: Path):
-        self.port = free_ports(1)[0]
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/nanoseg@champion",
-               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(self.port)]
-        env = {**os.environ, "MLFLOW_TRACKING_URI": store["uri"], "MLFLOW_DISABLE_TELEMETRY": "true"}
-        self.log = log
-        self.proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-
-    def wait(self, timeout=240):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                pytest.fail(f"the server exited ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(self.url + "/ping", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(1)
-        pytest.fail(f"the server did not answer /ping in {timeout} s:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self):
-        from nanoseg.serving import stop_process_group
-
-        stop_process_group(self.proc)
-
-
 @pytest.fixture(scope="module")
 def server(store, tmp_path_factory):
-    srv = Server(store, tmp_path_factory.mktemp("server") / "server.log")
+    """`nanoseg serve` (default model models:/nanoseg@champion) on the store."""
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    srv = Served("models:/nanoseg@champion", log, "--max-concurrent", "2", env={"MLFLOW_TRACKING_URI": store["uri"]})
     try:
-        srv.wait()
-        yield srv
+        yield srv.wait()
     finally:
         srv.stop()
-
-
-def post(url, body: bytes, content_type="application/json"):
-    req = urllib.request.Request(url + "/invocations", data=body, method="POST",
-                                 headers={"Content-Type": content_type})
-    try:
-        with urllib.request.urlopen(req, timeout=300) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        text = exc.read()
-        try:
-            return exc.code, json.loads(text)
-        except ValueError:  # e.g. 415 answers in plain text
-            return exc.code, {"message": text.decode(errors="replace")}
 
 
 def test_answers_match_nanoseg_predict(server, store, images, tmp_path):
@@ -189,35 +148,269 @@ def test_malformed_requests_get_400_with_a_message(server, tmp_path):
 def test_server_stops(server):
     server.stop()
     assert server.proc.poll() is not None
-    with pytest.raises(OSError):
-        urllib.request.urlopen(server.url + "/ping", timeout=2)
+    assert not server.alive()
 
 
-def test_serve_command_runs_mlflow_models_serve(store, monkeypatch, tmp_path):
-    """`nanoseg serve` is the documented `mlflow models serve` on the project's store."""
+class FakeServer:
+    """What Popen would start: records the command, "exits" at once."""
+
+    calls: list = []
+
+    def __init__(self, cmd, env, start_new_session):
+        self.calls.append((cmd, env))
+        self.pid = -1
+
+    def wait(self, timeout=None):
+        return 0
+
+    poll = wait
+
+
+def test_serve_command_runs_uvicorn_with_explicit_limits(store, monkeypatch, tmp_path, capsys):
+    """`nanoseg serve`: uvicorn running nanoseg's guard over MLflow's scoring app, with explicit workers,
+    concurrency limit and timeout, pickles refused, the store's password masked in what it prints."""
     from nanoseg import serving
-
-    calls = []
-
-    class FakeServer:  # what Popen would start: records the command, "exits" at once
-        def __init__(self, cmd, env, start_new_session):
-            calls.append((cmd, env))
-            self.pid = -1
-
-        def wait(self, timeout=None):
-            return 0
-
-        poll = wait
 
     monkeypatch.setattr(serving.subprocess, "Popen", FakeServer)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
-    assert cli.main(["serve", "--port", "5099"]) == 0
-    cmd, env = calls[-1]
-    assert cmd[1:] == ["-m", "mlflow", "models", "serve", "-m", "models:/nanoseg@champion", "--env-manager",
-                       "local", "-h", "127.0.0.1", "-p", "5099"]
-    assert env["MLFLOW_TRACKING_URI"] == store["uri"]
-    assert cli.main(["serve", "--model", str(store["folder"])]) == 0  # a plain model folder is wrapped
-    assert calls[-1][0][calls[-1][0].index("-m", 3) + 1] != str(store["folder"])
+    assert cli.main(["serve", "--port", "5099", "--workers", "3", "--max-concurrent", "4", "--timeout", "90"]) == 0
+    cmd, env = FakeServer.calls[-1]
+    assert cmd[1:] == ["-m", "uvicorn", "--factory", "nanoseg.server:create_app", "--host", "127.0.0.1", "--port",
+                       "5099", "--workers", "3", "--no-server-header", "--timeout-graceful-shutdown", "10"]
+    assert env["NANOSEG_SERVE_MAX_CONCURRENT"] == "4" and env["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] == "90"
+    assert env["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false" and env["MLFLOW_TRACKING_URI"] == store["uri"]
+    assert "3 worker(s) x 4 request(s) at once, timeout 90 s" in capsys.readouterr().out
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:s3cr3t-pw@127.0.0.1:9/")  # not used by a model folder
+    assert cli.main(["serve", "--model", str(store["folder"])]) == 0  # a plain model folder is wrapped, as code
+    out = capsys.readouterr().out
+    assert "s3cr3t" not in out and "http://alice:***@127.0.0.1:9/" in out
+    cmd, env = FakeServer.calls[-1]
+    assert env["NANOSEG_SERVE_MAX_CONCURRENT"] == "2" and env["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] == "300"
+    assert cmd[cmd.index("--workers") + 1] == "1" and "nanoseg-serve-" in env["NANOSEG_SERVE_MODEL"]  # the defaults
+    with pytest.raises(NanosegError, match="--workers 0"):
+        cli.main.__wrapped__(["serve", "--model", str(store["folder"]), "--workers", "0"])
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")
     with pytest.raises(NanosegError, match="models:/nanoseg@champion: not found in the model registry"):
         cli.main.__wrapped__(["serve"])
+
+
+def _legacy_version(folder) -> str:
+    """Register ``folder`` the way publish did before models from code: a pickled pyfunc naming
+    nanoseg.tracking.NanosegPyfunc. Returns the version."""
+    import mlflow
+    from mlflow.utils.file_utils import local_file_uri_to_path
+
+    from nanoseg import tracking
+    from nanoseg.pyfunc import NanosegPyfunc
+
+    with warnings.catch_warnings(), tracking.start_run("publish-legacy"):
+        warnings.simplefilter("ignore")
+        info = mlflow.pyfunc.log_model(name="model", python_model=NanosegPyfunc(),
+                                       artifacts={tracking.MODEL_ARTIFACT: str(folder)},
+                                       signature=tracking.pyfunc_signature(), registered_model_name="nanoseg")
+    local = Path(local_file_uri_to_path(mlflow.get_logged_model(info.model_id).artifact_location))
+    assert (local / "python_model.pkl").is_file()
+    (local / "python_model.pkl").write_bytes(LEGACY_PICKLE)
+    return str(info.registered_model_version)
+
+
+def test_models_from_code_and_pickled_versions_load(store, monkeypatch, tmp_path):
+    """A version logged as code loads (pickles refused) and predicts; one pickled the old way still loads with
+    MLflow, and `nanoseg serve` serves its weights through this nanoseg's code without unpickling it."""
+    import mlflow
+
+    from nanoseg import tracking
+    from nanoseg.serving import input_example
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
+    mlflow.set_tracking_uri(store["uri"])
+    source = mlflow.artifacts.download_artifacts("models:/nanoseg@champion", dst_path=str(tmp_path / "code"))
+    flavor = mlflow.models.Model.load(source).flavors["python_function"]
+    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model" and "python_model" not in flavor
+    assert tracking.is_own_code(source) and not list(tmp_path.rglob("*.pkl"))
+    with monkeypatch.context() as mp:
+        mp.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+        model = mlflow.pyfunc.load_model("models:/nanoseg@champion")
+        new = model.predict(input_example(), params={"return_images": False})
+    assert new[0]["name"] == "example.png" and new[0]["summary"]["n_particles"] == len(new[0]["particles"]) > 0
+
+    version = _legacy_version(store["folder"])
+    old = mlflow.pyfunc.load_model(f"models:/nanoseg/{version}")  # pickles allowed: MLflow's default
+    assert type(old.unwrap_python_model()).__name__ == "NanosegPyfunc"
+    assert old.predict(input_example(), params={"return_images": False}) == new
+    local, note = tracking.servable_model(f"models:/nanoseg/{version}", tmp_path / "serve")
+    assert "is a pickled pyfunc (logged before models from code)" in note and tracking.is_own_code(local)
+    with monkeypatch.context() as mp:
+        mp.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+        with pytest.raises(mlflow.exceptions.MlflowException, match="pickle is disallowed"):
+            mlflow.pyfunc.load_model(f"models:/nanoseg/{version}")
+        assert mlflow.pyfunc.load_model(str(local)).predict(input_example(), params={"return_images": False}) == new
+    edited = tmp_path / "edited"
+    shutil.copytree(source, edited)
+    (edited / "served_model.py").write_text("raise SystemExit('registry code must never run')\n")
+    local, note = tracking.servable_model(str(edited), tmp_path / "serve2")
+    assert "holds code other than this nanoseg's" in note and tracking.is_own_code(local)
+
+
+# ----------------------------------------------------------------------------- thread safety, limits, errors
+
+
+def test_service_limits_concurrent_requests(monkeypatch):
+    from nanoseg import serving
+    from nanoseg.payload import ServerBusy
+
+    service = serving.Service(None, {"threshold": 0.5}, max_concurrent=1)
+    started, release = threading.Event(), threading.Event()
+
+    def answer(model_input, return_images, params):  # the work of one request, held until released
+        started.set()
+        release.wait(30)
+        return ["done"]
+
+    monkeypatch.setattr(service, "_answer", answer)
+    results = []
+    worker = threading.Thread(target=lambda: results.append(service.predict([{"image": "x"}])))
+    worker.start()
+    assert started.wait(30)
+    with pytest.raises(ServerBusy, match="answers 1 request"):
+        service.predict([{"image": "x"}])
+    release.set()
+    worker.join(30)
+    assert results == [["done"]] and service.predict([{"image": "x"}]) == ["done"]  # the slot is free again
+    with pytest.raises(NanosegError, match="at least 1"):
+        serving.Service(None, {}, max_concurrent=0)
+
+
+def test_reads_change_no_process_wide_state(tmp_path):
+    """Each thread's tifffile messages go to its own list; a missing pixel size becomes a note, not a warning."""
+    import tifffile
+
+    from nanoseg.micrograph import quiet_tifffile, read_micrograph
+
+    logger = logging.getLogger("tifffile")
+    handlers, propagate, filters = list(logger.handlers), logger.propagate, list(logger.filters)
+    seen, barrier = {}, threading.Barrier(4)
+
+    def log(i):
+        with quiet_tifffile() as got:
+            barrier.wait(10)
+            logger.warning("message %d", i)
+            barrier.wait(10)
+        seen[i] = got
+
+    threads = [threading.Thread(target=log, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert seen == {i: [f"message {i}"] for i in range(4)}
+    assert (list(logger.handlers), logger.propagate, list(logger.filters)) == (handlers, propagate, filters)
+
+    path = tmp_path / "plain.tif"
+    tifffile.imwrite(path, np.full((40, 50), 128, np.uint8))
+    notes = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mg = read_micrograph(path, notes=notes)
+    assert mg.pixel_size_nm is None and len(notes) == 1 and "no pixel size" in notes[0]
+
+
+def test_served_errors_are_one_line_with_the_right_status():
+    from nanoseg.payload import RequestError, ServerBusy
+    from nanoseg.pyfunc import served_error
+
+    bad = served_error(RequestError("image 1 (a\nb.tif): not an image"))
+    assert bad.get_http_status_code() == 400 and bad.message == "image 1 (a b.tif): not an image"
+    assert served_error(ServerBusy("busy")).get_http_status_code() == 503
+    fault = served_error(KeyError("threshold"))
+    body = json.loads(fault.serialize_as_json())
+    assert fault.get_http_status_code() == 500 and "internal error" in body["nanoseg_message"]
+    assert "Traceback" not in fault.serialize_as_json() and "stack_trace" not in body
+    key = "AKIA" + "ABCDEFGHIJKLMNOP"
+    assert key not in served_error(RequestError(f"s3://b/k with {key}")).message
+
+
+def call(app, body: bytes = b"{}", path: str = "/invocations") -> tuple[int, dict, bytes]:
+    """Run one request through an ASGI app: (status, headers, body)."""
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path,
+             "headers": [(b"content-type", b"application/json")]}
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    return start["status"], dict(start["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def fake_app(status: int, body: bytes, raise_after: bool = False, hold: asyncio.Event | None = None):
+    async def app(scope, receive, send):
+        await receive()
+        if hold is not None:
+            await hold.wait()
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": body})
+        if raise_after:
+            raise RuntimeError("boom")
+
+    return app
+
+
+def test_guard_cleans_error_answers():
+    from nanoseg.server import Guard
+
+    trace = json.dumps({"error_code": "BAD_REQUEST", "message": "Encountered an unexpected error", "stack_trace":
+                        "Traceback (most recent call last):\n  File \"x.py\", line 1"}).encode()
+    status, headers, body = call(Guard(fake_app(500, trace), 2, 60))
+    answer = json.loads(body)
+    assert status == 500 and set(answer) == {"error_code", "message"} and "internal error" in answer["message"]
+    assert b"Traceback" not in body and b"x.py" not in body and headers[b"content-type"] == b"application/json"
+    status, _, body = call(Guard(fake_app(500, b"Internal Server Error", raise_after=True), 2, 60))
+    assert status == 500 and b"internal error" in body
+    status, _, body = call(Guard(fake_app(504, b"Request processing time exceeded limit"), 2, 60))
+    assert status == 504 and "timeout (60 s)" in json.loads(body)["message"]
+    prefixed = json.dumps({"error_code": "INVALID_PARAMETER_VALUE", "message": "Failed to predict data '<the whole "
+                           "request>'. \nError: image 1: bad", "nanoseg_message": "image 1: bad"}).encode()
+    status, _, body = call(Guard(fake_app(400, prefixed), 2, 60))
+    assert status == 400 and json.loads(body) == {"error_code": "INVALID_PARAMETER_VALUE", "message": "image 1: bad"}
+    status, _, body = call(Guard(fake_app(200, b"ok"), 2, 60), path="/ping")
+    assert (status, body) == (200, b"ok")
+    status, _, body = call(Guard(fake_app(200, b"{}"), 2, 60), b'{"dataframe_records": [{"image": "x", "pixel": 1}]}')
+    assert status == 400 and "unknown field(s) ['pixel']" in json.loads(body)["message"]
+
+
+def test_guard_answers_503_when_full():
+    from nanoseg.server import Guard
+
+    async def scenario():
+        hold = asyncio.Event()
+        guard = Guard(fake_app(200, b"{}", hold=hold), 1, 60)
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/invocations", "headers": []}
+        busy = asyncio.create_task(guard(scope, receive, send))
+        await asyncio.sleep(0.05)
+        extra = []
+
+        async def send_extra(message):
+            extra.append(message)
+
+        await guard(scope, receive, send_extra)
+        hold.set()
+        await busy
+        return sent, extra
+
+    sent, extra = asyncio.run(scenario())
+    assert sent[0]["status"] == 200 and extra[0]["status"] == 503
+    assert (b"retry-after", b"2") in extra[0]["headers"] and b"the server is busy" in extra[1]["body"]

@@ -65,3 +65,41 @@ def test_unknown_model_uri(tmp_path, monkeypatch):
     tracking.setup("unit-test")
     with pytest.raises(NanosegError, match="not found in the model registry"):
         tracking.download_model("models:/does-not-exist@champion")
+
+
+def test_secrets_are_masked_in_what_nanoseg_prints(monkeypatch, capsys):
+    from nanoseg.errors import mask_secrets, report_errors
+
+    key_id, secret = "AKIA" + "IOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    text = (f"store http://alice:pa55word@mlflow.example:5000/ and s3://bob:{secret}@bucket/x, "
+            f"postgresql+psycopg2://u:p%40ss@db/optuna, key {key_id}, aws_secret_access_key={secret}, "
+            "https://b.s3.amazonaws.com/k?X-Amz-Signature=abcdef0123&X-Amz-Credential=AKIA/x, token: t0ken-value")
+    masked = mask_secrets(text)
+    for leak in ("pa55word", secret, "p%40ss", key_id, "abcdef0123", "t0ken-value"):
+        assert leak not in masked, leak
+    assert "http://alice:***@mlflow.example:5000/" in masked and "AKIA***" in masked
+    assert mask_secrets("sqlite:////work/mlruns/mlflow.db") == "sqlite:////work/mlruns/mlflow.db"  # nothing to hide
+    assert mask_secrets("git commit 0123456789abcdef0123456789abcdef01234567") .endswith("01234567")
+
+    @report_errors
+    def fail():
+        raise NanosegError("http://alice:pa55word@host/: not found")
+
+    with pytest.raises(SystemExit):
+        fail()
+    assert "pa55word" not in capsys.readouterr().err
+
+
+def test_tracking_uri_printed_masked_unless_raw(monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:pa55word@127.0.0.1:5999")
+    tracking.main(["--uri"])
+    assert capsys.readouterr().out.strip() == "http://alice:***@127.0.0.1:5999"
+    tracking.main(["--uri", "--raw"])  # for $(...) in commands (make ui)
+    assert capsys.readouterr().out.strip() == "http://alice:pa55word@127.0.0.1:5999"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:pa55word@127.0.0.1:9")  # nothing listens: refused at once
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    with pytest.raises(NanosegError) as err:
+        tracking.check_model_uri("models:/nanoseg/1")
+    assert "pa55word" not in str(err.value) and "alice:***@127.0.0.1:9" in str(err.value)

@@ -77,10 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="start no new trial after this many minutes")
     p.set_defaults(func=_call("nanoseg.tuning:tune_command"))
 
-    p = sub.add_parser("serve", help="serve a model over HTTP (mlflow models serve; POST /invocations)")
+    p = sub.add_parser("serve", help="serve a model over HTTP (MLflow's scoring server on uvicorn; POST /invocations)")
     p.add_argument("--model", help="model URI or saved model folder (default models:/nanoseg@champion)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only: "
+                   "put a reverse proxy with authentication in front before binding anything else)")
     p.add_argument("--port", type=int, default=5001, help="port (default 5001)")
+    p.add_argument("--workers", type=int, help="server processes, each with its own copy of the model (default 1)")
+    p.add_argument("--max-concurrent", type=int, help="requests a worker answers at once; more get HTTP 503 "
+                   "(default 2)")
+    p.add_argument("--timeout", type=int, help="seconds before a request is answered HTTP 504 (default 300)")
     p.set_defaults(func=_call("nanoseg.serving:serve_command"))
 
     p = sub.add_parser("app", help="a page for microscopists: drop micrographs, see outlines and sizes (127.0.0.1)")

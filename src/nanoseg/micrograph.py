@@ -23,6 +23,7 @@ Bad files (missing, empty, truncated, not an image, 3-D stacks) raise
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import math
@@ -41,7 +42,7 @@ from nanoseg.errors import NanosegError
 __all__ = [
     "Micrograph", "PixelSizeWarning", "read_micrograph", "parse_pixel_size",
     "pixel_size_from_tiff", "detect_databar", "read_image_array", "read_mask",
-    "info_command",
+    "info_command", "quiet_tifffile",
 ]
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -256,23 +257,51 @@ def pixel_size_from_tiff(tif: tifffile.TiffFile) -> tuple[float | None, str]:
 # --------------------------------------------------------------------------- reading
 
 
+_TIFFFILE_LOG: contextvars.ContextVar[list | None] = contextvars.ContextVar("nanoseg_tifffile_log", default=None)
+
+
+class _TifffileCollector(logging.Filter):
+    """Filter on the ``tifffile`` logger, installed once: while :func:`quiet_tifffile` is active in
+    the current thread (context), its messages go to that context's list instead of stderr.
+
+    Installed once rather than per read: adding handlers and flipping ``propagate`` for each file
+    is process-wide state that concurrent reads (the server's threads) would race on.
+    """
+
+    nanoseg = True
+
+    def filter(self, record) -> bool:
+        sink = _TIFFFILE_LOG.get()
+        if sink is None:
+            return True
+        sink.append(record.getMessage())
+        return False
+
+
+def _install_tifffile_collector() -> None:
+    logger = logging.getLogger("tifffile")
+    if not any(getattr(f, "nanoseg", False) for f in logger.filters):
+        logger.addFilter(_TifffileCollector())
+
+
+_install_tifffile_collector()
+
+
 @contextlib.contextmanager
-def _tifffile_log():
-    """Collect tifffile's log messages instead of letting them reach stderr."""
+def quiet_tifffile():
+    """Collect tifffile's log messages of this thread (context) instead of letting them reach stderr.
+
+    Yields
+    ------
+    list of str
+        The messages logged inside the block.
+    """
     records: list[str] = []
-
-    class _Collect(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    logger, handler = logging.getLogger("tifffile"), _Collect()
-    propagate, logger.propagate = logger.propagate, False
-    logger.addHandler(handler)
+    token = _TIFFFILE_LOG.set(records)
     try:
         yield records
     finally:
-        logger.removeHandler(handler)
-        logger.propagate = propagate
+        _TIFFFILE_LOG.reset(token)
 
 
 def _check_file(path: Path) -> bytes:
@@ -291,7 +320,7 @@ def _check_file(path: Path) -> bytes:
 
 
 def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray | None, tuple[float | None, str]]:
-    with _tifffile_log() as log:
+    with quiet_tifffile() as log:
         try:
             with tifffile.TiffFile(path) as tif:
                 if not len(tif.pages):
@@ -526,7 +555,7 @@ def detect_databar(
     return height
 
 
-def read_micrograph(path, pixel_size=None, databar_row=None) -> Micrograph:
+def read_micrograph(path, pixel_size=None, databar_row=None, notes: list | None = None) -> Micrograph:
     """Read an SEM micrograph (TIFF or PNG) with its pixel size and data-bar row.
 
     Parameters
@@ -538,6 +567,9 @@ def read_micrograph(path, pixel_size=None, databar_row=None) -> Micrograph:
         ``"7.34nm"`` or ``"0.00734um"`` overrides it (source "override").
     databar_row : None, "auto" or int, optional
         None/"auto" detects it (:func:`detect_databar`); an int overrides it.
+    notes : list, optional
+        Given, the missing-pixel-size message is appended to it instead of being issued as a
+        :class:`PixelSizeWarning` (no warning filters needed: thread-safe, for the server).
 
     Returns
     -------
@@ -548,11 +580,12 @@ def read_micrograph(path, pixel_size=None, databar_row=None) -> Micrograph:
     if pixel_size is not None:
         nm, source = parse_pixel_size(pixel_size), "override"
     elif nm is None:
-        warnings.warn(
-            f"{path}: no pixel size in the file's metadata (Zeiss, FEI, ImageJ or TIFF resolution); "
-            "sizes will be in pixels. Give one (e.g. --pixel-size 7.34nm) to measure in nm.",
-            PixelSizeWarning, stacklevel=2,
-        )
+        message = (f"{path}: no pixel size in the file's metadata (Zeiss, FEI, ImageJ or TIFF resolution); "
+                   "sizes will be in pixels. Give one (e.g. --pixel-size 7.34nm) to measure in nm.")
+        if notes is not None:
+            notes.append(message)
+        else:
+            warnings.warn(message, PixelSizeWarning, stacklevel=2)
     height = pixels.shape[0]
     if databar_row is None or databar_row == "auto":
         row = detect_databar(pixels)

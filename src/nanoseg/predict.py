@@ -35,7 +35,6 @@ import re
 import shutil
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -408,13 +407,11 @@ def predict_one(predictor, settings, path, out_dir, args):
     import tifffile
 
     from nanoseg.measure import particle_table
-    from nanoseg.micrograph import PixelSizeWarning, read_micrograph
+    from nanoseg.micrograph import read_micrograph
 
     start = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", PixelSizeWarning)
-        mg = read_micrograph(path, pixel_size=args.pixel_size, databar_row=args.databar_row)
-    notes = [str(w.message) for w in caught if issubclass(w.category, PixelSizeWarning)]
+    notes: list[str] = []  # collected, not warned: no process-wide warning filters (the server runs this in threads)
+    mg = read_micrograph(path, pixel_size=args.pixel_size, databar_row=args.databar_row, notes=notes)
     sample = mg.sample
     res = infer(predictor, settings, sample, mg.pixel_size_nm, getattr(args, "scale", "auto"),
                 getattr(args, "polarity", "auto"), spread=bool(getattr(args, "spread", False)))

@@ -1,231 +1,42 @@
-"""The served model's payload: JSON request -> images -> masks, instances and particle tables.
+"""The server side of the served model and the commands around it.
 
-This module holds everything between the HTTP body and ``nanoseg predict``'s
-code (imports no MLflow; the thin ``mlflow.pyfunc`` wrapper is
-:class:`nanoseg.tracking.NanosegPyfunc`). It also has the two commands around
-the server: ``nanoseg serve`` and the client ``nanoseg request``.
+* :class:`Service`: a loaded model that answers requests (what :class:`nanoseg.pyfunc.NanosegPyfunc`
+  wraps), thread-safe, with a limit on concurrent requests;
+* ``nanoseg serve``: the HTTP server (uvicorn running :mod:`nanoseg.server`, MLflow's scoring server
+  behind nanoseg's guard) with explicit workers, concurrency limit and timeout;
+* ``nanoseg request``: the client; :func:`stop_process_group` stops a server and its workers.
 
-Request (``POST /invocations``, ``Content-Type: application/json``), one record
-per image::
-
-    {"dataframe_records": [
-        {"image": "<base64 of the TIFF or PNG file, as stored>",
-         "name": "1908248.tif",        # optional, names the image in the answer
-         "pixel_size_nm": null,        # optional: null reads it from the file's metadata
-         "databar_row": null}],        # optional: null detects the data bar
-     "params": {"return_images": true}}  # optional: false leaves out mask_png / labels_tif
-
-(``{"inputs": [...records...]}`` works as well.) Answer::
-
-    {"predictions": [
-        {"name": "1908248.tif", "width": 1024, "height": 768,
-         "pixel_size_nm": 7.34375, "pixel_size_source": "CZ_SEM tag 34118",
-         "unit": "nm",                 # size unit of summary and particles ("px" without a pixel size)
-         "databar_row": 712, "threshold": 0.5,
-         "scale_factor": 1.0, "scale_note": "pixel size 7.34 nm within 10% of the model's 7.34 nm",
-         "polarity": "bright",          # what the model saw: zoom to its pixel size, contrast (docs/magnification_polarity.md)
-         "summary": {"n_particles": 212, "n_measurable": 170, "foreground_fraction": 0.31,
-                     "median_ecd": 41.2, "mean_ecd": 43.0, "gsd_ecd": 1.21, "d10_ecd": 31.0,
-                     "d90_ecd": 58.3, "median_ecd_ci_low": 40.1, "median_ecd_ci_high": 42.5,
-                     "median_feret_min": 37.9},   # sizes over measurable particles, in `unit`
-         "particles": [{"image": "1908248.tif", "id": 1, "centroid_row_px": ..., "area_px": ...,
-                        "area_nm2": ..., "ecd_nm": ..., "feret_max_nm": ..., "feret_min_nm": ...,
-                        "aspect_ratio": ..., "circularity": ..., "solidity": ...,
-                        "touches_border": false, "touches_databar": false, "measurable": true,
-                        "mean_probability": 0.93}, ...],   # the rows of particles.csv; NaN -> null
-         "mask_png": "<base64 PNG, uint8 0/255, full image size, data-bar rows 0>",
-         "labels_tif": "<base64 TIFF, uint16/uint32 instance ids, 0 = background>"}]}
-
-Bad requests (not base64, not an image, an image over :data:`MAX_PIXELS`, no
-records) raise :class:`RequestError`; the server answers HTTP 400 with its
-message (``{"error_code": "INVALID_PARAMETER_VALUE", "message": ...}``).
+The request and answer formats are :mod:`nanoseg.payload`'s (re-exported here). This module imports
+no MLflow (``nanoseg serve`` asks :mod:`nanoseg.tracking` for the model, lazily).
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
-import io
 import json
-import math
 import os
 import re
 import signal
 import subprocess
 import sys
 import tempfile
-import warnings
+import threading
 from pathlib import Path
 
-import numpy as np
+from nanoseg.errors import NanosegError, mask_secrets
+from nanoseg.payload import (  # noqa: F401 - the request codec, re-exported for clients and older imports
+    MAX_IMAGE_BYTES, MAX_IMAGES, MAX_PIXELS, PARAMS, SUMMARY_FIELDS, RequestError, ServerBusy, answer,
+    b64encode_file, databar_row, decode_image, decode_labels, decode_mask, example_image, image_size,
+    input_example, make_request, pixel_size, read_upload, records, summarize,
+)
 
-from nanoseg.errors import NanosegError
-
-MAX_PIXELS = 4096 * 4096      # largest image accepted (pixels); model_config "max_pixels" overrides
-MAX_IMAGE_BYTES = 64 << 20    # largest encoded image file
-MAX_IMAGES = 32               # images per request
-SUMMARY_FIELDS = {"n_particles": "long", "n_measurable": "long", "foreground_fraction": "double",
-                  "median_ecd": "double", "mean_ecd": "double", "gsd_ecd": "double", "d10_ecd": "double",
-                  "d90_ecd": "double", "median_ecd_ci_low": "double", "median_ecd_ci_high": "double",
-                  "median_feret_min": "double"}
 DEFAULT_MODEL = "models:/nanoseg@champion"
-
-
-class RequestError(NanosegError):
-    """A request the server cannot answer (HTTP 400)."""
-
-
-# ----------------------------------------------------------------------------- encoding
-
-
-def b64encode_file(path: str | os.PathLike) -> str:
-    return base64.b64encode(Path(path).read_bytes()).decode("ascii")
-
-
-def decode_mask(text: str) -> np.ndarray:
-    """``mask_png`` of an answer as a bool array."""
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(text)))) > 0
-
-
-def decode_labels(text: str) -> np.ndarray:
-    """``labels_tif`` of an answer as an integer array."""
-    import tifffile
-
-    return tifffile.imread(io.BytesIO(base64.b64decode(text)))
-
-
-def make_request(paths, pixel_size_nm: float | None = None, databar_row: int | None = None,
-                 return_images: bool = True) -> dict:
-    """The JSON body that asks for ``paths`` (image files, sent as stored)."""
-    extra = {k: v for k, v in (("pixel_size_nm", pixel_size_nm), ("databar_row", databar_row)) if v is not None}
-    records = [{"image": b64encode_file(p), "name": Path(p).name, **extra} for p in paths]
-    return {"dataframe_records": records, "params": {"return_images": bool(return_images)}}
-
-
-# ----------------------------------------------------------------------------- request -> images
-
-
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def records(model_input) -> list[dict]:
-    """The request's records from what the pyfunc receives (DataFrame, list of dicts or dict)."""
-    if hasattr(model_input, "to_dict"):
-        rows = model_input.to_dict(orient="records")
-    elif isinstance(model_input, dict):
-        rows = [model_input]
-    else:
-        rows = list(model_input or [])
-    if not rows:
-        raise RequestError("the request holds no images; send {\"dataframe_records\": [{\"image\": \"<base64>\"}]}.")
-    if len(rows) > MAX_IMAGES:
-        raise RequestError(f"the request holds {len(rows)} images; send at most {MAX_IMAGES} per request.")
-    return [{k: (None if _missing(v) else v) for k, v in dict(r).items()} for r in rows]
-
-
-def decode_image(text, label: str) -> bytes:
-    """The image file bytes of one record (base64, an optional data: URL prefix allowed)."""
-    if not isinstance(text, str) or not text.strip():
-        raise RequestError(f"{label}: 'image' is missing or empty; give the image file as a base64 string.")
-    text = re.sub(r"^data:[^,]*,", "", text.strip())
-    if len(text) > MAX_IMAGE_BYTES * 4 // 3 + 4:
-        raise RequestError(f"{label}: the image file is larger than {MAX_IMAGE_BYTES >> 20} MiB; send a smaller file.")
-    try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise RequestError(f"{label}: 'image' is not valid base64; encode the file's bytes with base64.") from None
-    if not data:
-        raise RequestError(f"{label}: the image file is empty.")
-    return data
-
-
-def image_size(data: bytes) -> tuple[int, int] | None:
-    """(rows, cols) from the file header without decoding the pixels; None if not recognised."""
-    import tifffile
-    from PIL import Image
-
-    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        try:
-            with tifffile.TiffFile(io.BytesIO(data)) as tif:
-                shape = tif.pages.first.shape
-            return int(shape[0]), int(shape[1])
-        except Exception:  # noqa: BLE001 - damaged TIFFs are reported by read_micrograph
-            return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as im:
-                return int(im.size[1]), int(im.size[0])
-    except Image.DecompressionBombError:
-        return (1 << 20, 1 << 20)
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def _suffix(data: bytes) -> str:
-    return ".tif" if data[:2] in (b"II", b"MM") else ".png" if data[:8] == b"\x89PNG\r\n\x1a\n" else ".img"
-
-
-def read_upload(record: dict, index: int, max_pixels: int = MAX_PIXELS) -> tuple[bytes, str, str]:
-    """Check one record: returns (file bytes, file name, label for messages); nothing is decoded yet."""
-    name = Path(str(record.get("name") or "")).name
-    label = f"image {index + 1}" + (f" ({name})" if name else "")
-    data = decode_image(record.get("image"), label)
-    size = image_size(data)
-    if size and size[0] * size[1] > max_pixels:
-        raise RequestError(f"{label}: the image is {size[1]} x {size[0]} px ({size[0] * size[1] / 1e6:.1f} Mpx), "
-                           f"more than the {max_pixels / 1e6:.1f} Mpx this server accepts; send a smaller image.")
-    safe = re.sub(r"[^\w.+-]", "_", name).lstrip(".")
-    return data, safe or f"image_{index + 1}{_suffix(data)}", label
-
-
-# ----------------------------------------------------------------------------- results
-
-
-def _clean(value):
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        return None if not math.isfinite(float(value)) else float(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
-
-
-def summarize(table, foreground_fraction: float | None = None) -> dict:
-    """Counts and size statistics over the measurable particles (sizes in the table's unit)."""
-    from nanoseg.distribution import size_distribution
-
-    unit = table.attrs.get("unit", "nm")
-    measurable = table[table["measurable"]] if len(table) else table
-    ecd = size_distribution(measurable[f"ecd_{unit}"].to_numpy(float), n_boot=500, unit=unit)
-    feret = measurable[f"feret_min_{unit}"].to_numpy(float)
-    out = {"n_particles": int(len(table)), "n_measurable": int(len(measurable)),
-           "foreground_fraction": foreground_fraction, "median_ecd": ecd["median"], "mean_ecd": ecd["mean"],
-           "gsd_ecd": ecd["gsd"], "d10_ecd": ecd["d10"], "d90_ecd": ecd["d90"],
-           "median_ecd_ci_low": ecd["median_ci_low"], "median_ecd_ci_high": ecd["median_ci_high"],
-           "median_feret_min": float(np.median(feret)) if feret.size else None}
-    return {k: _clean(v) for k, v in out.items()}
-
-
-def answer(info: dict, table, threshold: float, mask_png: bytes | None = None,
-           labels_tif: bytes | None = None) -> dict:
-    """One image's answer (see the module docstring) from what ``nanoseg predict`` made of it."""
-    result = {"name": info["image"], "width": info["width"], "height": info["height"],
-              "pixel_size_nm": _clean(info["pixel_size_nm"]) if info["pixel_size_nm"] is not None else None,
-              "pixel_size_source": info["pixel_size_source"], "unit": table.attrs.get("unit", info.get("unit")),
-              "databar_row": int(info["databar_row"]), "threshold": float(threshold),
-              "scale_factor": float(info.get("scale_factor", 1.0)), "scale_note": info.get("scale_note"),
-              "polarity": info.get("polarity"),
-              "summary": summarize(table, info.get("foreground_fraction")),
-              "particles": [{k: _clean(v) for k, v in row.items()} for row in table.to_dict(orient="records")]}
-    if mask_png is not None:
-        result["mask_png"] = base64.b64encode(mask_png).decode("ascii")
-        result["labels_tif"] = base64.b64encode(labels_tif).decode("ascii")
-    return result
+DEFAULT_WORKERS = 1         # server processes, each with its own copy of the model
+DEFAULT_CONCURRENT = 2      # requests one worker answers at once; more get 503
+DEFAULT_TIMEOUT = 300       # seconds before a request is answered 504 (its work still holds its slot)
+MODEL_ENV = "NANOSEG_SERVE_MODEL"
+CONCURRENT_ENV = "NANOSEG_SERVE_MAX_CONCURRENT"
+TIMEOUT_ENV = "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"  # read by MLflow's scoring server
 
 
 class Service:
@@ -234,18 +45,45 @@ class Service:
     Each image goes through ``nanoseg predict``'s own per-image code
     (:func:`nanoseg.predict.predict_one`: read -> tiles -> threshold -> clean-up ->
     instances -> particle table), with the uploaded bytes in a temporary folder.
+
+    Thread-safe: MLflow's server runs each request in a thread over this one object. A request
+    changes no process-wide state (warning filters, loggers), and at most ``max_concurrent``
+    requests run at once; one more raises :class:`ServerBusy` (HTTP 503) at once instead of
+    queueing. A slot is held until the work is done, also when the server has already answered
+    504 (timeout), so timed-out work cannot pile up.
+
+    Parameters
+    ----------
+    predictor : nanoseg.predict.Predictor
+    settings : dict
+        The model's resolved settings (:func:`nanoseg.predict.load_predictor`).
+    max_pixels : int
+        Largest image accepted (pixels).
+    max_concurrent : int
+        Requests answered at once.
     """
 
-    def __init__(self, predictor, settings: dict, max_pixels: int = MAX_PIXELS):
+    def __init__(self, predictor, settings: dict, max_pixels: int = MAX_PIXELS,
+                 max_concurrent: int = DEFAULT_CONCURRENT):
         self.predictor, self.settings, self.max_pixels = predictor, settings, int(max_pixels)
+        self.max_concurrent = int(max_concurrent)
+        if self.max_concurrent < 1:
+            raise NanosegError(f"max_concurrent = {max_concurrent}: a server answers at least 1 request at once.")
+        self._slots = threading.BoundedSemaphore(self.max_concurrent)
 
     @classmethod
     def from_folder(cls, folder, config: dict | None = None) -> "Service":
-        """Load a saved model folder (model.keras + nanoseg.json) the way ``nanoseg predict`` does."""
+        """Load a saved model folder (model.keras + nanoseg.json) the way ``nanoseg predict`` does.
+
+        ``config`` (the pyfunc's model_config) may set ``max_pixels`` and ``max_concurrent``;
+        the environment variable ``NANOSEG_SERVE_MAX_CONCURRENT`` (set by ``nanoseg serve``) wins.
+        """
         from nanoseg.predict import load_predictor
 
+        config = config or {}
         predictor, settings = load_predictor(str(folder))
-        return cls(predictor, settings, int((config or {}).get("max_pixels", MAX_PIXELS)))
+        concurrent = os.environ.get(CONCURRENT_ENV) or config.get("max_concurrent", DEFAULT_CONCURRENT)
+        return cls(predictor, settings, int(config.get("max_pixels", MAX_PIXELS)), int(concurrent))
 
     def analyze(self, data: bytes, name: str, label: str, pixel_size_nm=None, databar_row=None,
                 return_images: bool = True) -> dict:
@@ -269,69 +107,94 @@ class Service:
                 if return_images else (None, None)
         return answer(info, table, self.settings["threshold"], *images)
 
-    def predict(self, model_input, return_images: bool = True) -> list[dict]:
+    def predict(self, model_input, return_images: bool = True, **params) -> list[dict]:
+        """Answers for the request's records, one per image (see :mod:`nanoseg.payload`).
+
+        Raises
+        ------
+        ServerBusy
+            ``max_concurrent`` requests are being answered.
+        RequestError
+            A bad request (checked for every image before any work).
+        """
+        if not self._slots.acquire(blocking=False):
+            raise ServerBusy(f"the server is busy: it answers {self.max_concurrent} request(s) at once and all are "
+                             "taken; retry in a few seconds (or start it with a larger --max-concurrent).")
+        try:
+            return self._answer(model_input, return_images, params)
+        finally:
+            self._slots.release()
+
+    def _answer(self, model_input, return_images, params: dict) -> list[dict]:
+        if params:
+            raise RequestError(f"unknown parameter(s) {sorted(params)} in \"params\"; the parameters are "
+                               f"{', '.join(PARAMS)}.")
+        if not isinstance(return_images, bool):
+            raise RequestError(f"params: return_images = {return_images!r}; give true or false.")
         rows = records(model_input)
         checked = [read_upload(r, i, self.max_pixels) for i, r in enumerate(rows)]  # all, before any work
-        return [self.analyze(data, name, label, row.get("pixel_size_nm"), _row(row.get("databar_row"), label),
-                             bool(return_images)) for row, (data, name, label) in zip(rows, checked)]
-
-
-def _row(value, label: str):
-    """``databar_row`` of a record: None (detect), or a whole number (JSON numbers may arrive as floats)."""
-    if value is None or isinstance(value, str):
-        return value
-    try:
-        if float(value) == int(value):
-            return int(value)
-    except (TypeError, ValueError, OverflowError):
-        pass
-    raise RequestError(f"{label}: databar_row = {value!r} is not a whole number of rows; give e.g. 704 or null.")
-
-
-def example_image(size: int = 256, seed: int = 0) -> bytes:
-    """A synthetic SEM-like PNG (bright discs on a noisy background): the model's input example."""
-    from PIL import Image
-    from skimage.draw import disk
-
-    rng = np.random.default_rng(seed)
-    img = rng.normal(60, 12, (size, size))
-    for _ in range(14):
-        rr, cc = disk(tuple(rng.uniform(12, size - 12, 2)), rng.uniform(5, 11), shape=img.shape)
-        img[rr, cc] = rng.normal(190, 15, rr.size)
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def input_example(pixel_size_nm: float = 7.34375):
-    """The pyfunc's input example: one synthetic image as a one-row DataFrame."""
-    import pandas as pd
-
-    return pd.DataFrame([{"image": base64.b64encode(example_image()).decode("ascii"), "name": "example.png",
-                          "pixel_size_nm": float(pixel_size_nm)}])
+        return [self.analyze(data, name, label, pixel_size(row.get("pixel_size_nm"), label),
+                             databar_row(row.get("databar_row"), label), return_images)
+                for row, (data, name, label) in zip(rows, checked)]
 
 
 # ----------------------------------------------------------------------------- commands
 
 
 def serve_command(args) -> int:
-    """``nanoseg serve [--model URI] [--host 127.0.0.1] [--port 5001]``: ``mlflow models serve`` on the project's store."""
+    """``nanoseg serve [--model URI] [--host 127.0.0.1] [--port 5001] [--workers N] [--max-concurrent N]
+    [--timeout S]``: the HTTP server (uvicorn, :mod:`nanoseg.server`) on the project's store.
+
+    The model is brought to a local folder first (:func:`nanoseg.tracking.servable_model`: code that
+    is not this nanoseg's, and pickles, are never run); the server process loads it from there.
+    """
     from nanoseg import tracking
 
     model = args.model or DEFAULT_MODEL
     uri = tracking.tracking_uri()
-    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1")
+    workers, concurrent, timeout = _workers(args), _concurrent(args), _timeout(args)  # checked before any download
     with tempfile.TemporaryDirectory(prefix="nanoseg-serve-") as tmp:
-        folder = Path(model)
-        if folder.is_dir() and (folder / "nanoseg.json").is_file() and not (folder / "MLmodel").is_file():
-            model = str(tracking.save_pyfunc(folder, Path(tmp) / "pyfunc"))  # a plain saved model folder
-        elif model.startswith("models:/"):
-            tracking.check_model_uri(model)
-        cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model, "--env-manager", "local",
-               "-h", args.host, "-p", str(args.port)]
-        print(f"serving {args.model or DEFAULT_MODEL} (store {uri}) at http://{args.host}:{args.port}/invocations",
-              flush=True)
+        local, note = tracking.servable_model(model, Path(tmp))
+        if note:
+            print(f"nanoseg serve: {mask_secrets(note)}", flush=True)
+        cmd, env = server_command(args), server_env(local, args, uri)
+        print(f"serving {mask_secrets(model)} (store {mask_secrets(uri)}) at http://{args.host}:{args.port}"
+              f"/invocations: {workers} worker(s) x {concurrent} request(s) at once, timeout {timeout} s", flush=True)
         return _run_forwarding_signals(cmd, env)
+
+
+def _workers(args) -> int:
+    return _positive(getattr(args, "workers", None), DEFAULT_WORKERS, "--workers")
+
+
+def _concurrent(args) -> int:
+    return _positive(getattr(args, "max_concurrent", None), DEFAULT_CONCURRENT, "--max-concurrent")
+
+
+def _timeout(args) -> int:
+    return _positive(getattr(args, "timeout", None), DEFAULT_TIMEOUT, "--timeout")
+
+
+def _positive(value, default: int, option: str) -> int:
+    if value is None:
+        return default
+    if int(value) < 1:
+        raise NanosegError(f"{option} {value}: give a whole number of at least 1.")
+    return int(value)
+
+
+def server_command(args) -> list[str]:
+    """The uvicorn command line of the server (the model folder travels in the environment: :func:`server_env`)."""
+    return [sys.executable, "-m", "uvicorn", "--factory", "nanoseg.server:create_app", "--host", args.host,
+            "--port", str(args.port), "--workers", str(_workers(args)), "--no-server-header",
+            "--timeout-graceful-shutdown", "10"]
+
+
+def server_env(local: Path, args, uri: str) -> dict:
+    """The server's environment: the model, its limits, and no pickles (MLFLOW_ALLOW_PICKLE_DESERIALIZATION)."""
+    return dict(os.environ, MLFLOW_TRACKING_URI=uri, MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1",
+                MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false", **{MODEL_ENV: str(local),
+                CONCURRENT_ENV: str(_concurrent(args)), TIMEOUT_ENV: str(_timeout(args))})
 
 
 def _run_forwarding_signals(cmd: list[str], env: dict) -> int:
@@ -411,18 +274,27 @@ def post(url: str, body: dict, timeout: float = 600) -> dict:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        text = exc.read().decode(errors="replace")
-        try:
-            text = json.loads(text).get("message", text)
-        except ValueError:
-            pass
-        if text.startswith("Failed to predict data") and "\nError: " in text:
-            text = text.split("\nError: ", 1)[1]  # MLflow's prefix repeats the (truncated) request
-        raise NanosegError(f"{url}: the server refused the request (HTTP {exc.code}): {text[:2000]}") from None
+        text = _error_message(exc.read().decode(errors="replace"))
+        what = "is busy" if exc.code == 503 else "failed" if exc.code >= 500 else "refused the request"
+        raise NanosegError(f"{url}: the server {what} (HTTP {exc.code}): {text[:2000]}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise NanosegError(f"{url}: no answer ({reason}); start the server with `nanoseg serve` "
                            "and check the address.") from None
+
+
+def _error_message(text: str) -> str:
+    """The message of an error answer (nanoseg's, or a plain MLflow server's without the request it repeats)."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text
+    if not isinstance(data, dict):
+        return text
+    text = str(data.get("nanoseg_message") or data.get("message") or text)
+    if text.startswith("Failed to predict data") and "\nError: " in text:
+        text = text.rsplit("\nError: ", 1)[1]  # MLflow's prefix repeats the (truncated) request
+    return text
 
 
 def request_command(args) -> int:

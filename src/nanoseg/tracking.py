@@ -10,7 +10,8 @@ everything at another store, e.g. an ``mlflow server`` with S3 artifacts.
 Every run is tagged with the git commit, the dataset's DVC md5 (from
 ``data.dvc``) and ``DVC_EXP_NAME`` when set.
 
-Run ``python -m nanoseg.tracking --uri`` to print the tracking URI.
+Run ``python -m nanoseg.tracking --uri`` to print the tracking URI (password masked; ``--uri --raw``
+prints it as is, for ``$(...)`` in commands). Every other message masks it (:func:`nanoseg.errors.mask_secrets`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import mlflow  # noqa: E402
 import yaml  # noqa: E402
 
 from nanoseg.config import store_root  # noqa: E402
-from nanoseg.errors import NanosegError  # noqa: E402
+from nanoseg.errors import NanosegError, mask_secrets  # noqa: E402
 
 EXPERIMENT = "nanoseg-bam-tio2"
 
@@ -189,7 +190,8 @@ def download_model(uri: str, dst: str | os.PathLike | None = None) -> Path:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst) if dst else None))
     except Exception as exc:  # MlflowException, OSError, ...
         raise NanosegError(
-            f"{uri}: no such model in the tracking store {setup_uri} ({str(exc).splitlines()[0][:200]}). "
+            f"{uri}: no such model in the tracking store {mask_secrets(setup_uri)} "
+            f"({mask_secrets(str(exc).splitlines()[0][:200])}). "
             "List models with `mlflow ui` (make ui), or pass a saved model folder."
         ) from None
     hits = sorted(local.rglob("nanoseg.json"))
@@ -199,12 +201,24 @@ def download_model(uri: str, dst: str | os.PathLike | None = None) -> Path:
 
 
 # ============================================================================ registry and pyfunc model
-# The served model: a thin mlflow.pyfunc wrapper around nanoseg.serving (which holds the payload logic
-# and imports no MLflow), registered as "nanoseg"; the alias "champion" marks the version to serve.
+# The served model: a thin mlflow.pyfunc wrapper (nanoseg.pyfunc) around nanoseg.serving.Service, logged as
+# code (nanoseg/served_model.py, MLflow "models from code"), registered as "nanoseg"; the alias "champion"
+# marks the version to serve.
 
 REGISTERED_MODEL = "nanoseg"
 CHAMPION = "champion"
 MODEL_ARTIFACT = "nanoseg_model"
+MODEL_CODE = Path(__file__).with_name("served_model.py")
+
+
+def __getattr__(name):
+    """``nanoseg.tracking.NanosegPyfunc``: versions registered before models from code hold a pickle that
+    names the pyfunc class here (``nanoseg serve`` never unpickles them: :func:`servable_model`)."""
+    if name == "NanosegPyfunc":
+        from nanoseg.pyfunc import NanosegPyfunc
+
+        return NanosegPyfunc
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def end_run(status: str = "FINISHED") -> None:
@@ -212,41 +226,13 @@ def end_run(status: str = "FINISHED") -> None:
     mlflow.end_run(status)
 
 
-class NanosegPyfunc(mlflow.pyfunc.PythonModel):
-    """``mlflow.pyfunc`` model: DataFrame of base64 images in, one result dict per image out.
-
-    The request/answer format is documented in :mod:`nanoseg.serving`; bad requests raise
-    an ``MlflowException`` (HTTP 400) carrying nanoseg's message.
-    """
-
-    # predict has no type hints: requests stay MLflow's DataFrame formats (dataframe_records, inputs, ...)
-    # checked against the explicit signature; this also silences MLflow's suggestion to add them
-    _skip_type_hint_validation = True
-
-    def load_context(self, context):
-        from nanoseg.serving import Service
-
-        self.service = Service.from_folder(context.artifacts[MODEL_ARTIFACT], config=context.model_config)
-
-    def predict(self, context, model_input, params=None):
-        from mlflow.exceptions import MlflowException
-        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-
-        from nanoseg.serving import RequestError
-
-        try:
-            return self.service.predict(model_input, **(params or {}))
-        except (RequestError, NanosegError) as exc:
-            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
-
-
 def pyfunc_signature():
-    """The served model's signature (see :mod:`nanoseg.serving` for the meaning of each field)."""
+    """The served model's signature (see :mod:`nanoseg.payload` for the meaning of each field)."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, Object, ParamSchema, ParamSpec, Property, Schema
 
     from nanoseg.measure import table_columns
-    from nanoseg.serving import SUMMARY_FIELDS
+    from nanoseg.payload import SUMMARY_FIELDS
 
     inputs = Schema([ColSpec("string", "image"), ColSpec("string", "name", required=False),
                      ColSpec("double", "pixel_size_nm", required=False),
@@ -277,6 +263,8 @@ def log_pyfunc(folder: str | os.PathLike, input_example, tags: dict | None = Non
                model_config: dict | None = None, registered_name: str | None = REGISTERED_MODEL):
     """Log the model folder (model.keras + nanoseg.json) as a pyfunc model in the active run and register it.
 
+    The model is logged as code (:data:`MODEL_CODE`, MLflow "models from code"): nothing is pickled.
+
     Returns
     -------
     mlflow.models.model.ModelInfo
@@ -285,7 +273,7 @@ def log_pyfunc(folder: str | os.PathLike, input_example, tags: dict | None = Non
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=NanosegPyfunc(), artifacts={MODEL_ARTIFACT: str(folder)},
+            name="model", python_model=str(MODEL_CODE), artifacts={MODEL_ARTIFACT: str(folder)},
             signature=pyfunc_signature(), input_example=input_example, pip_requirements=_requirements(),
             registered_model_name=registered_name, metadata=metadata, model_config=model_config,
             tags={k: str(v) for k, v in (tags or {}).items()})
@@ -314,13 +302,87 @@ def model_uri(alias: str = CHAMPION, name: str = REGISTERED_MODEL) -> str:
     return f"models:/{name}@{alias}"
 
 
-def save_pyfunc(folder: str | os.PathLike, path: str | os.PathLike) -> Path:
-    """Save a plain model folder as a local pyfunc model (to serve it without the registry)."""
+def save_pyfunc(folder: str | os.PathLike, path: str | os.PathLike, model_config: dict | None = None) -> Path:
+    """Save a plain model folder as a local pyfunc model, as code (to serve it without the registry)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        mlflow.pyfunc.save_model(str(path), python_model=NanosegPyfunc(), artifacts={MODEL_ARTIFACT: str(folder)},
-                                 signature=pyfunc_signature(), pip_requirements=_requirements())
+        mlflow.pyfunc.save_model(str(path), python_model=str(MODEL_CODE), artifacts={MODEL_ARTIFACT: str(folder)},
+                                 signature=pyfunc_signature(), pip_requirements=_requirements(),
+                                 model_config=model_config)
     return Path(path)
+
+
+def _pyfunc_flavor(path: Path) -> dict:
+    from mlflow.models import Model
+
+    return Model.load(str(path)).flavors.get("python_function") or {}
+
+
+def is_own_code(path: str | os.PathLike) -> bool:
+    """Whether the pyfunc model folder ``path`` is logged as code, with this nanoseg's :data:`MODEL_CODE`
+    byte for byte (a pickled model, or code edited in the registry, is not)."""
+    code = _pyfunc_flavor(Path(path)).get("model_code_path")
+    copy = Path(path) / Path(code or "").name
+    return bool(code) and copy.is_file() and copy.read_bytes() == MODEL_CODE.read_bytes()
+
+
+def rewrap_pyfunc(path: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """The weights and settings of the pyfunc model folder ``path`` (however it was logged: pickled before
+    models from code) saved again at ``dst`` with this nanoseg's code; nothing of ``path`` is executed."""
+    flavor = _pyfunc_flavor(Path(path))
+    artifact = ((flavor.get("artifacts") or {}).get(MODEL_ARTIFACT) or {}).get("path")
+    folder = Path(path) / artifact if artifact else None
+    if folder is None or not (folder / "nanoseg.json").is_file():
+        raise NanosegError(f"{path}: not a nanoseg pyfunc model (no artifact {MODEL_ARTIFACT!r} with a nanoseg.json); "
+                           "pass a nanoseg model URI or a saved model folder.")
+    return save_pyfunc(folder, dst, model_config=flavor.get("model_config"))
+
+
+def servable_model(model: str, tmp: str | os.PathLike) -> tuple[Path, str | None]:
+    """A local pyfunc model folder that serves ``model`` with this nanoseg's code, and a note (or None).
+
+    Parameters
+    ----------
+    model : str
+        A registry or run URI (``models:/nanoseg@champion``, ``runs:/...``), a pyfunc model folder
+        (with ``MLmodel``) or a plain saved model folder (model.keras + nanoseg.json).
+    tmp : path-like
+        A folder for the download and the re-wrapped copy.
+
+    Returns
+    -------
+    (Path, str or None)
+        The folder to serve. A model logged as this nanoseg's code is served as is; a plain folder, a
+        pickled version (registered before models from code) or one whose code differs is re-wrapped
+        (:func:`rewrap_pyfunc`), so that no pickle and no code from the store is ever run.
+    """
+    tmp = Path(tmp)
+    folder = Path(model)
+    if folder.is_dir() and (folder / "nanoseg.json").is_file() and not (folder / "MLmodel").is_file():
+        return save_pyfunc(folder, tmp / "pyfunc"), None
+    if not folder.is_dir():
+        folder = _download_pyfunc(model, tmp / "download")
+    if is_own_code(folder):
+        return folder, None
+    kind = ("holds code other than this nanoseg's served_model.py" if _pyfunc_flavor(folder).get("model_code_path")
+            else "is a pickled pyfunc (logged before models from code)")
+    note = (f"{model} {kind}: serving its weights and settings with this nanoseg's code; nothing of it is "
+            "unpickled or run.")
+    return rewrap_pyfunc(folder, tmp / "pyfunc"), note
+
+
+def _download_pyfunc(uri: str, dst: Path) -> Path:
+    mlflow.set_tracking_uri(tracking_uri())
+    if uri.startswith("models:/"):
+        check_model_uri(uri)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+    except Exception as exc:  # MlflowException, OSError, ...
+        raise NanosegError(f"{uri}: cannot download the model from {mask_secrets(tracking_uri())} "
+                           f"({mask_secrets(str(exc).splitlines()[0][:200])}); check the URI.") from None
+    if not (local / "MLmodel").is_file():
+        raise NanosegError(f"{uri}: not an MLflow model (no MLmodel file); pass a model URI or a saved model folder.")
+    return local
 
 
 def check_model_uri(uri: str) -> None:
@@ -355,7 +417,8 @@ def check_model_uri(uri: str) -> None:
             client.get_registered_model(name)
     except mlflow.exceptions.MlflowException as exc:
         raise NanosegError(
-            f"{uri}: not found in the model registry of {tracking_uri()} ({str(exc).splitlines()[0][:200]}). "
+            f"{uri}: not found in the model registry of {mask_secrets(tracking_uri())} "
+            f"({mask_secrets(str(exc).splitlines()[0][:200])}). "
             "Publish a model first (`dvc repro publish`), or pass --model with a saved model folder."
         ) from None
 
@@ -364,13 +427,14 @@ def main(argv=None) -> int:
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m nanoseg.tracking")
-    p.add_argument("--uri", action="store_true", help="print the tracking URI")
+    p.add_argument("--uri", action="store_true", help="print the tracking URI (password masked)")
+    p.add_argument("--raw", action="store_true", help="with --uri: print it as is, for $(...) in commands")
     args = p.parse_args(argv)
     if args.uri:
         uri = tracking_uri()
         if uri.startswith("sqlite:///"):
             Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        print(uri)
+        print(uri if args.raw else mask_secrets(uri))
     return 0
 
 

@@ -2,7 +2,7 @@
 only when the candidate passes the gate on its own measured scores.
 
 The candidate (``models/final``) is logged as a pyfunc model (the code of ``nanoseg predict``,
-request format in :mod:`nanoseg.serving`) with its signature and an input example, in run
+request format in :mod:`nanoseg.payload`, logged as code) with its signature and an input example, in run
 ``publish-<variant>-<profile>``; every version is registered, with tags: provenance (git commit,
 data md5, split fingerprint, CV key, profile, CPU), ``test_<metric>`` (the candidate's own scores on the
 test images, ``metrics/test.json``), ``cv_<metric>_mean/_std`` (its cross-validation estimate), and
@@ -166,7 +166,7 @@ def publish(params: dict) -> dict:
     """Register ``models/final``, apply the gate; return the record written to ``reports/publish.json``."""
     from nanoseg import tracking
     from nanoseg.dataset import read_prepared
-    from nanoseg.serving import input_example
+    from nanoseg.payload import input_example
     from nanoseg.testset import load_test, model_fingerprint, score_champion, split_fingerprint
     from nanoseg.training import cpu_model
 

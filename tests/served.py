@@ -1,0 +1,70 @@
+"""A real `nanoseg serve` on loopback for the serving tests, and a raw HTTP client for it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.s3server import free_ports
+
+
+class Served:
+    """``nanoseg serve --model MODEL [options]`` on 127.0.0.1 and a free port, in its own process group."""
+
+    def __init__(self, model, log: Path, *options: str, env: dict | None = None):
+        self.port = free_ports(1)[0]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.cmd = [sys.executable, "-m", "nanoseg", "serve", "--model", str(model), "--host", "127.0.0.1",
+                    "--port", str(self.port), *options]
+        self.log = log
+        self.proc = subprocess.Popen(self.cmd, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})},
+                                     stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait(self, timeout: float = 300) -> "Served":
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                pytest.fail(f"the server exited ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}")
+            if self.alive():
+                return self
+            time.sleep(1)
+        pytest.fail(f"the server did not answer /ping in {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def alive(self, path: str = "/ping") -> bool:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        from nanoseg.serving import stop_process_group
+
+        stop_process_group(self.proc)
+
+
+def post_raw(url: str, body: bytes, content_type: str = "application/json", timeout: float = 300):
+    """POST ``body`` to ``url``/invocations: (status, headers, raw body bytes), errors included."""
+    req = urllib.request.Request(url + "/invocations", data=body, method="POST", headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def post(url: str, body: bytes, content_type: str = "application/json"):
+    """POST and parse: (status, JSON answer); a plain-text answer comes back as {"message": text}."""
+    status, _, raw = post_raw(url, body, content_type)
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, {"message": raw.decode(errors="replace")}
