@@ -294,12 +294,12 @@ def test_detect_databar_never_cuts_a_sample_without_bar(seed, background):
         assert detect_databar(image) == image.shape[0]
 
 
-@needs_bam
 @pytest.mark.parametrize("factor", [0.5, 0.75, 1.5, 2.0])
-def test_detect_databar_on_resampled_bam_images(factor):
+def test_detect_databar_on_resampled_bam_images(factor, bam_dir):
+    """The real BAM images when present (the synthetic BAM-layout ones otherwise), resampled."""
     from skimage.transform import rescale
 
-    for path in sorted(BAM_IMAGE.parent.glob("*.tif"))[::4]:
+    for path in sorted((bam_dir / IMAGES).glob("*.tif"))[::4]:
         m = read_micrograph(path)
         resampled = np.clip(rescale(m.pixels, factor, order=1, anti_aliasing=factor < 1), 0, 1)
         assert abs(detect_databar(resampled) - round(m.databar_row * factor)) <= 2, path.name
