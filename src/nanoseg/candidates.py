@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nanoseg.atomic import write_json
 from nanoseg.errors import NanosegError
 
 CANDIDATES = ("ensemble", "best_fold", "final")
@@ -160,5 +161,5 @@ def make_best_fold(cv_dir, cv: dict, out, extra_meta: dict | None = None) -> tup
     meta.update({"candidate": "best_fold", "fold": k, "threshold": own["threshold"],
                  "postprocess": own["postprocess"], "tuned_on": f"the validation images of fold {k}"})
     meta.update(extra_meta or {})
-    (out / "nanoseg.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    write_json(out / "nanoseg.json", meta, default=str)
     return out, meta

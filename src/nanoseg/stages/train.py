@@ -17,6 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
+from nanoseg.atomic import write_json
 from nanoseg.config import load_params, resolve
 from nanoseg.dataset import load_rows, read_prepared
 from nanoseg.errors import NanosegError, report_errors
@@ -132,7 +133,7 @@ def command(args=None) -> int:
         else:
             meta = train_final(params, manifest, split, cv, out, run.info.run_id)
             meta.update(common)
-            (out / "nanoseg.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+            write_json(out / "nanoseg.json", meta, default=str)
         tracking.log_dict(meta, "nanoseg.json")
     gc.collect()
     print(f"train: candidate {candidate!r} -> {OUT}/ ({time.monotonic() - start:.0f} s, MLflow run {run.info.run_id})")
