@@ -53,3 +53,12 @@ def test_the_temporary_keeps_the_suffix_for_writers_that_choose_the_format_by_na
     with atomic_path(tmp_path / "probs.npz") as tmp:
         np.savez_compressed(tmp, a=np.ones(3))
     assert np.load(tmp_path / "probs.npz")["a"].sum() == 3 and len(os.listdir(tmp_path)) == 2
+
+
+def test_copy_file(tmp_path):
+    from nanoseg.atomic import copy_file
+
+    (tmp_path / "a.csv").write_text("epoch,loss\n1,0.5\n")
+    (tmp_path / "b.csv").write_text("old")
+    assert copy_file(tmp_path / "a.csv", tmp_path / "b.csv") == tmp_path / "b.csv"
+    assert (tmp_path / "b.csv").read_text() == "epoch,loss\n1,0.5\n" and len(os.listdir(tmp_path)) == 2

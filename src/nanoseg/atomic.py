@@ -18,11 +18,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_bytes", "write_text", "write_json", "write_with", "file_mode", "folder_mode"]
+__all__ = ["atomic_path", "write_bytes", "write_text", "write_json", "write_with", "copy_file", "file_mode",
+           "folder_mode"]
 
 
 def _umask() -> int:
@@ -89,6 +91,11 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
     """Write ``text`` to ``path`` atomically; return ``path``."""
     return write_with(path, lambda tmp: tmp.write_text(text, encoding=encoding))
+
+
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy the bytes of ``src`` to ``dst`` atomically; return ``dst``."""
+    return write_with(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def write_json(path: str | os.PathLike, data, indent: int = 2, **kwargs) -> Path:

@@ -19,12 +19,11 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from nanoseg.atomic import atomic_path, write_json
+from nanoseg.atomic import atomic_path, copy_file, write_json
 from nanoseg.config import resolve
 from nanoseg.dataset import load_rows
 from nanoseg.postprocess import foreground_probability
@@ -287,7 +286,7 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
         plots_dir = resolve(params, "plots/cv")
         plots_dir.mkdir(parents=True, exist_ok=True)
         for k in range(len(folds)):
-            shutil.copyfile(out_dir / f"fold_{k}" / "history.csv", plots_dir / f"fold_{k}.csv")
+            copy_file(out_dir / f"fold_{k}" / "history.csv", plots_dir / f"fold_{k}.csv")
         px = median_pixel_size(manifest)  # only for the grid's minimum area; every image is scored with its own
         post = choose_postprocess(truths, probs, threshold, params, px)
         per_fold, own, classified = [], {}, []
