@@ -54,7 +54,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -143,26 +142,18 @@ def decode_image(text, label: str) -> bytes:
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:
-    """(rows, cols) from the file header without decoding the pixels; None if not recognised."""
-    import tifffile
-    from PIL import Image
+    """(rows, cols) of one image plane from the file header, without decoding the pixels; None if not recognised.
 
-    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        try:
-            with tifffile.TiffFile(io.BytesIO(data)) as tif:
-                shape = tif.pages.first.shape
-            return int(shape[0]), int(shape[1])
-        except Exception:  # noqa: BLE001 - damaged TIFFs are reported by read_micrograph
-            return None
+    Read from the real layout (:func:`nanoseg.layout.image_layout`): a planar RGB TIFF page (3 x H x W) is
+    H x W, a PNG's size comes from its header even when it is a decompression bomb.
+    """
+    from nanoseg.layout import image_layout
+
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as im:
-                return int(im.size[1]), int(im.size[0])
-    except Image.DecompressionBombError:
+        layout = image_layout(data)
+    except NanosegError:  # a bomb whose size only Pillow knew
         return (1 << 20, 1 << 20)
-    except Exception:  # noqa: BLE001
-        return None
+    return None if layout is None else (layout.rows, layout.cols)
 
 
 def _suffix(data: bytes) -> str:
@@ -174,10 +165,19 @@ def read_upload(record: dict, index: int, max_pixels: int = MAX_PIXELS) -> tuple
     name = Path(str(record.get("name") or "")).name
     label = f"image {index + 1}" + (f" ({name})" if name else "")
     data = decode_image(record.get("image"), label)
-    size = image_size(data)
-    if size and size[0] * size[1] > max_pixels:
-        raise RequestError(f"{label}: the image is {size[1]} x {size[0]} px ({size[0] * size[1] / 1e6:.1f} Mpx), "
-                           f"more than the {max_pixels / 1e6:.1f} Mpx this server accepts; send a smaller image.")
+    from nanoseg.layout import image_layout
+
+    try:
+        layout = image_layout(data, label)
+    except NanosegError as exc:  # a decompression bomb
+        raise RequestError(str(exc)) from None
+    if layout and layout.pixels > max_pixels:
+        bomb = " (a decompression bomb?)" if len(data) < 0.01 * layout.pixels else ""
+        raise RequestError(f"{label}: the image is {layout.cols} x {layout.rows} px ({layout.pixels / 1e6:.1f} Mpx), "
+                           f"more than the {max_pixels / 1e6:.1f} Mpx this server accepts{bomb}; send a smaller image.")
+    if layout and layout.planes > 1:
+        raise RequestError(f"{label}: a stack of {layout.planes} images, not one 2-D micrograph; send each plane "
+                           "as its own image.")
     safe = re.sub(r"[^\w.+-]", "_", name).lstrip(".")
     return data, safe or f"image_{index + 1}{_suffix(data)}", label
 
@@ -426,34 +426,63 @@ def post(url: str, body: dict, timeout: float = 600) -> dict:
 
 
 def request_command(args) -> int:
-    """``nanoseg request --url URL IMAGE... [--pixel-size X] [--out DIR]``: print each image's summary as JSON."""
+    """``nanoseg request --url URL IMAGE... [--pixel-size X] [--out DIR [--overwrite]]``: print each image's
+    summary as JSON; with ``--out`` also save the masks, labels and particles (never over earlier answers
+    unless ``--overwrite``, never two images with the same stem: checked before anything is sent)."""
     from nanoseg.micrograph import parse_pixel_size
+    from nanoseg.outputs import check_answer_files
 
     for p in args.images:
         if not Path(p).is_file():
             raise NanosegError(f"{p}: no such image file; check the path.")
     px = parse_pixel_size(args.pixel_size) if getattr(args, "pixel_size", None) else None
     out = Path(args.out) if getattr(args, "out", None) else None
+    overwrite = bool(getattr(args, "overwrite", False))
+    if out is not None:
+        check_answer_files(out, args.images, overwrite)
     reply = post(args.url, make_request(args.images, px, return_images=out is not None))
     results = reply.get("predictions", reply) if isinstance(reply, dict) else reply
     if out is not None:
-        save_answers(results, out)
+        save_answers(results, out, overwrite=overwrite, names=[Path(p).name for p in args.images])
     summary = [{"name": r["name"], "unit": r["unit"], "pixel_size_nm": r["pixel_size_nm"], **r["summary"]}
                for r in results]
     print(json.dumps(summary, indent=2))
     return 0
 
 
-def save_answers(results: list[dict], out: Path) -> None:
-    """Write ``<stem>_mask.png``, ``<stem>_labels.tif`` and ``particles.csv`` of the answers to ``out``."""
+def save_answers(results: list[dict], out: Path, overwrite: bool = False, names: list[str] | None = None) -> None:
+    """Write ``<stem>_mask.png``, ``<stem>_labels.tif`` and ``particles.csv`` of the answers to ``out``, each
+    file atomically.
+
+    Parameters
+    ----------
+    results : list of dict
+        The server's answers, in the order of the images sent.
+    out : Path
+        Folder, created if needed.
+    overwrite : bool
+        Replace files that exist already (otherwise refused, before anything is written).
+    names : list of str, optional
+        The images' own file names (default: the names in the answers); they name the files.
+
+    Raises
+    ------
+    NanosegError
+        Two images with the same stem, or existing files without ``overwrite`` (:func:`nanoseg.outputs.check_answer_files`).
+    """
     import pandas as pd
 
+    from nanoseg.atomic import write_bytes, write_with
+    from nanoseg.outputs import check_answer_files
+
+    names = list(names) if names is not None else [r["name"] for r in results]
+    check_answer_files(out, names, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for r in results:
-        stem = Path(r["name"]).stem
+    for name, r in zip(names, results):
+        stem = Path(name).stem
         if r.get("mask_png"):
-            (out / f"{stem}_mask.png").write_bytes(base64.b64decode(r["mask_png"]))
-            (out / f"{stem}_labels.tif").write_bytes(base64.b64decode(r["labels_tif"]))
+            write_bytes(out / f"{stem}_mask.png", base64.b64decode(r["mask_png"]))
+            write_bytes(out / f"{stem}_labels.tif", base64.b64decode(r["labels_tif"]))
         rows += r["particles"]
-    pd.DataFrame(rows).to_csv(out / "particles.csv", index=False)
+    write_with(out / "particles.csv", lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
