@@ -17,9 +17,11 @@ from PIL import Image
 
 from nanoseg.errors import NanosegError
 from nanoseg.micrograph import (
+    BitDepthWarning,
     Micrograph,
     PixelSizeWarning,
     detect_databar,
+    effective_bits,
     info_command,
     parse_pixel_size,
     pixel_size_from_tiff,
@@ -115,11 +117,40 @@ def test_gray_uint8_with_databar(tmp_path):
 
 def test_uint16_and_multipage(tmp_path):
     image = (_sem_like().astype(np.uint16) * 257)
-    tifffile.imwrite(tmp_path / "b.tif", np.stack([image, 65535 - image]))  # two pages
+    with tifffile.TiffWriter(tmp_path / "b.tif") as tif:  # the image and a reduced-resolution thumbnail
+        tif.write(image)
+        tif.write(image[::4, ::4], subfiletype=1)
     m = _read_quiet(tmp_path / "b.tif")
     assert m.source_dtype == "uint16" and m.shape == image.shape
-    np.testing.assert_allclose(m.pixels, image / 65535, atol=1e-6)  # first page
+    np.testing.assert_allclose(m.pixels, image / 65535, atol=1e-6)  # the full-size page
     assert m.databar_row == 80
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([image, 65535 - image]))  # two full-size pages
+    with tifffile.TiffWriter(tmp_path / "pages.tif") as tif:  # two pages written one by one
+        tif.write(image)
+        tif.write(image)
+    tifffile.imwrite(tmp_path / "hyper.tif", np.zeros((2, 3, 5, 32, 24), np.uint8), imagej=True)  # TZCYX
+    for name, planes in (("stack.tif", 2), ("pages.tif", 2), ("hyper.tif", 30)):
+        with pytest.raises(NanosegError, match=rf"{name}: a stack of {planes} images.*each plane as its own file"):
+            read_micrograph(tmp_path / name)
+
+
+@pytest.mark.parametrize(("top", "bits"), [(255, 8), (1000, 10), (4000, 12), (16000, 14), (65535, None)])
+def test_effective_bit_depth_of_16_bit_data(tmp_path, top, bits):
+    image = np.linspace(0, top, 96 * 128).reshape(96, 128).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "d.tif", image)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = read_micrograph(tmp_path / "d.tif", pixel_size="5nm")
+    notes = [str(w.message) for w in caught if issubclass(w.category, BitDepthWarning)]
+    scale = 2**bits - 1 if bits else 65535
+    np.testing.assert_allclose(m.pixels, image / scale, atol=1e-6)
+    if bits:
+        assert m.pixels.max() > 0.9 and m.source_dtype == f"uint16, {bits}-bit data"
+        assert len(notes) == 1 and f"{bits}-bit data" in notes[0] and f"scaled by {scale}" in notes[0]
+    else:
+        assert not notes and m.source_dtype == "uint16"
+    assert effective_bits(np.zeros((4, 4), np.uint16)) is None  # blank: nothing to scale
+    assert effective_bits(np.full((4, 4), 200, np.uint8)) is None  # 8-bit containers are what they are
 
 
 def test_rgb_and_rgba(tmp_path):
@@ -189,7 +220,7 @@ def test_imagej_calibration(tmp_path):
     tifffile.imwrite(tmp_path / "ij.tif", _sem_like(), imagej=True,
                      resolution=(1 / 0.005, 1 / 0.005), metadata={"unit": "micron"})
     m = read_micrograph(tmp_path / "ij.tif")
-    assert m.pixel_size_nm == pytest.approx(5.0) and m.pixel_size_source == "ImageJ"
+    assert m.pixel_size_nm == pytest.approx(5.0) and m.pixel_size_source == "ImageJ (0.005 micron/px)"
     assert m.field_of_view_um == pytest.approx((128 * 5e-3, 80 * 5e-3))
 
 
@@ -203,12 +234,37 @@ def test_fei_metadata(tmp_path):
 
 def test_tiff_resolution(tmp_path):
     tifffile.imwrite(tmp_path / "cm.tif", _sem_like(), resolution=(2e6, 2e6), resolutionunit="CENTIMETER")
-    assert _read_quiet(tmp_path / "cm.tif").pixel_size_nm == pytest.approx(5.0)
+    m = read_micrograph(tmp_path / "cm.tif")
+    assert m.pixel_size_nm == pytest.approx(5.0) and m.pixel_size_source == "TIFF resolution (2e+06 px/cm)"
     for name, kwargs in {"dpi.tif": dict(resolution=(300, 300), resolutionunit="INCH"),
                          "none.tif": dict(resolution=(1, 1), resolutionunit="NONE")}.items():
         tifffile.imwrite(tmp_path / name, _sem_like(), **kwargs)
         with tifffile.TiffFile(tmp_path / name) as tif:
             assert pixel_size_from_tiff(tif) == (None, "none"), name
+
+
+@pytest.mark.parametrize(("kwargs", "why"), [
+    (dict(resolution=(5000, 5000), resolutionunit="INCH"), r"TIFF resolution \(5000 dpi\) gives 5080 nm/px"),
+    (dict(resolution=(300, 300), resolutionunit="INCH"), r"TIFF resolution \(300 dpi\) gives 8.467e\+04 nm/px"),
+    (dict(resolution=(1e9, 1e9), resolutionunit="CENTIMETER"), r"gives 0.01 nm/px"),
+])
+def test_implausible_resolution_is_missing_with_a_reason(tmp_path, kwargs, why):
+    tifffile.imwrite(tmp_path / "r.tif", _sem_like(), **kwargs)
+    with pytest.warns(PixelSizeWarning, match=rf"r.tif: no usable pixel size.*{why}, outside the plausible SEM "
+                      r"range 0.05-500 nm: ignored.*--pixel-size"):
+        m = read_micrograph(tmp_path / "r.tif")
+    assert m.pixel_size_nm is None and m.pixel_size_source == "none"
+    assert read_micrograph(tmp_path / "r.tif", pixel_size="7nm").pixel_size_nm == 7.0  # an override still counts
+
+
+def test_png_resolution_in_range_or_ignored(tmp_path):
+    dpi = 2.54e7 / 7.34375  # 7.34 nm pixels written as dots per inch
+    Image.fromarray(_sem_like()).save(tmp_path / "fine.png", dpi=(dpi, dpi))
+    m = read_micrograph(tmp_path / "fine.png")
+    assert m.pixel_size_nm == pytest.approx(7.34375, rel=1e-4) and m.pixel_size_source.startswith("PNG resolution (")
+    Image.fromarray(_sem_like()).save(tmp_path / "scan.png", dpi=(5000, 5000))
+    with pytest.warns(PixelSizeWarning, match=r"PNG resolution \(5000 dpi\) gives 5080 nm/px.*ignored"):
+        assert read_micrograph(tmp_path / "scan.png").pixel_size_nm is None
 
 
 @pytest.mark.parametrize(("text", "nm"), [

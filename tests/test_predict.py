@@ -133,8 +133,12 @@ def test_predict_command_contract(sem_crop, unet_folder, tmp_path):
     assert predict_command(args([image], unet_folder, out)) == 0
     stem = image.stem
     names = {p.name for p in out.iterdir()}
-    assert names == {f"{stem}_mask.png", f"{stem}_labels.tif", f"{stem}_overlay.png",
-                     "particles.csv", "summary.json", "psd.png"}
+    written = {f"{stem}_mask.png", f"{stem}_labels.tif", f"{stem}_overlay.png", "particles.csv", "summary.json",
+               "psd.png"}
+    assert names == written | {".nanoseg-output"}
+    marker = json.loads((out / ".nanoseg-output").read_text())
+    assert marker["written_by"] == "nanoseg predict" and set(marker["files"]) == written
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]
     mask = np.asarray(Image.open(out / f"{stem}_mask.png"))
     labels = tifffile.imread(out / f"{stem}_labels.tif")
     assert mask.shape == labels.shape == (200, 300) and mask.dtype == np.uint8
@@ -181,26 +185,61 @@ def test_no_particles_gives_empty_table(sem_crop, tmp_path):
     assert (tmp_path / "out" / "psd.png").is_file()
 
 
-def test_overwrite_refusal_and_replace(sem_crop, tmp_path, capsys):
+def _refused(argv, capsys) -> str:
+    capsys.readouterr()  # earlier runs' progress bars
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_overwrite_replaces_only_a_folder_nanoseg_wrote(sem_crop, tmp_path, capsys):
     image, _ = sem_crop
     folder = save_model(passthrough_model(), tmp_path / "m", {"threshold": 0.5})
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("old")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["predict", str(image), "--model", str(folder), "--out", str(out)])
-    assert exit_info.value.code == 2 and "--overwrite" in capsys.readouterr().err
-    assert (out / "keep.txt").is_file()
-    assert main(["predict", str(image), "--model", str(folder), "--out", str(out), "--overwrite"]) == 0
-    assert not (out / "keep.txt").exists() and (out / "summary.json").is_file()
+    cmd = ["predict", str(image), "--model", str(folder), "--out", str(out)]
+    assert "pass --overwrite" in _refused(cmd, capsys)
+    err = _refused([*cmd, "--overwrite"], capsys)  # a folder nanoseg did not write: never replaced
+    assert f"{out}: not a folder written by nanoseg predict" in err and "move its files away" in err
+    assert (out / "keep.txt").read_text() == "old"
+    (out / "keep.txt").unlink()
+    assert main([*cmd, "--overwrite"]) == 0  # an empty folder may be replaced
+    assert main([*cmd, "--overwrite"]) == 0  # and nanoseg's own output
+    assert (out / "summary.json").is_file() and (out / ".nanoseg-output").is_file()
+    (out / "notes.txt").write_text("mine")  # a foreign file in nanoseg's output: refused
+    err = _refused([*cmd, "--overwrite"], capsys)
+    assert "holds files nanoseg predict did not write (notes.txt)" in err and (out / "notes.txt").is_file()
+    (out / "notes.txt").unlink()
+    (out / "sub").mkdir()  # so is a folder
+    assert "did not write (sub)" in _refused([*cmd, "--overwrite"], capsys)
+    (out / "sub").rmdir()
+    inside = out / "crop_overlay.png"  # one of its own outputs given as input: never replaced
+    assert f"holds the input image(s) {inside}" in _refused(
+        ["predict", str(inside), "--model", str(folder), "--out", str(out), "--overwrite"], capsys)
+    assert inside.is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "out"]
+
+
+def test_overwrite_never_replaces_the_inputs_folder_or_the_working_folder(sem_crop, tmp_path, capsys, monkeypatch):
+    image, _ = sem_crop
+    folder = save_model(passthrough_model(), tmp_path / "m", {"threshold": 0.5})
+    err = _refused(["predict", str(image), "--model", str(folder), "--out", str(image.parent), "--overwrite"], capsys)
+    assert f"{image.parent}: holds the input image(s)" in err and image.is_file()
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    err = _refused(["predict", str(image), "--model", str(folder), "--out", ".", "--overwrite"], capsys)
+    assert "is (or holds) the working folder" in err and work.is_dir()
 
 
 def test_nonexistent_model_or_image(sem_crop, tmp_path):
     image, _ = sem_crop
     with pytest.raises(NanosegError, match="no such model folder"):
         predict_command(args([image], tmp_path / "nomodel", tmp_path / "out"))
-    with pytest.raises(NanosegError, match="not found"):
+    with pytest.raises(NanosegError, match="missing.tif: no such file"):  # before the model is looked for
         predict_command(args([tmp_path / "missing.tif"], tmp_path / "nomodel", tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
@@ -247,3 +286,95 @@ def test_ensemble_mean_spread_and_predict_files(sem_crop, tmp_path):
     b.spread = True
     with pytest.raises(NanosegError, match="--spread needs an ensemble"):
         predict_command(b)
+
+
+def test_a_bad_image_among_many_is_reported_and_skipped(sem_crop, tmp_path, capsys):
+    image, _ = sem_crop
+    folder = save_model(passthrough_model(), tmp_path / "m", {"threshold": 0.5})
+    text = tmp_path / "notes.tif"
+    text.write_text("not an image")
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(image.read_bytes()[:300])  # header fine, pixels missing: fails while it is read
+    out = tmp_path / "out"
+    assert main(["predict", str(text), str(image), str(cut), "--model", str(folder), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"nanoseg: error: {text}: not a TIFF or PNG image" in err
+    assert f"nanoseg: error: {cut}: cannot read this TIFF" in err
+    assert "2 of 3 images failed and were skipped: notes.tif, cut.tif" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert [i["image"] for i in summary["images"]] == ["crop.tif"] and summary["n_failed"] == 2
+    assert [f["image"] for f in summary["failed"]] == ["notes.tif", "cut.tif"]
+    assert all("\n" not in f["error"] for f in summary["failed"])
+    assert set(pd.read_csv(out / "particles.csv")["image"]) <= {"crop.tif"}
+    assert (out / "crop_mask.png").is_file() and not (out / "notes_mask.png").exists()
+    with pytest.raises(SystemExit) as exit_info:  # all bad: nothing written, exit 2
+        main(["predict", str(text), str(cut), "--model", str(folder), "--out", str(tmp_path / "none")])
+    assert exit_info.value.code == 2 and "none of the 2 images could be analysed" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+
+
+def test_arguments_and_headers_are_checked_before_the_model_loads(sem_crop, tmp_path, monkeypatch):
+    import nanoseg.predict
+
+    image, _ = sem_crop
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(nanoseg.predict, "load_predictor", no_model)
+    big = tmp_path / "big.png"
+    Image.fromarray(np.zeros((300, 400), np.uint8)).save(big)
+    cases = [({"pixel_size": "7 furlongs"}, "pixel size"), ({"databar_row": "x"}, "--databar-row 'x'"),
+             ({"scale": "junk"}, "--scale 'junk'"), ({"polarity": "sideways"}, "polarity"),
+             ({"max_pixels": "lots"}, "--max-pixels 'lots'"),
+             ({"max_pixels": "100000", "images": [big]}, "more than the 0.1 Mpx limit")]
+    for extra, message in cases:
+        a = args(extra.pop("images", [image]), tmp_path / "m", tmp_path / "out")
+        vars(a).update(extra)
+        with pytest.raises(NanosegError, match=message):
+            predict_command(a)
+    assert not (tmp_path / "out").exists()
+
+
+def test_without_pixel_size_the_minimum_area_is_in_px(sem_crop, tmp_path):
+    from nanoseg.predict import DEFAULT_MIN_AREA_PX, infer, post_without_pixel_size
+
+    post = {"min_area_nm2": 200.0, "opening_radius": 0}
+    assert post_without_pixel_size(post, 7.34375)[0]["min_area_px"] == 4  # 200 nm2 at 7.34 nm/px
+    assert post_without_pixel_size(post, 2.0)[0]["min_area_px"] == 50
+    area, note = post_without_pixel_size(post, None)
+    assert area["min_area_px"] == DEFAULT_MIN_AREA_PX and "default" in note
+    assert post_without_pixel_size({**post, "min_area_px": 9}, 2.0)[0]["min_area_px"] == 9
+
+    specks = np.zeros((64, 64), np.float32)
+    specks[10:12, 10:12] = 1.0  # 4 px
+    specks[30:40, 30:40] = 1.0  # 100 px
+    pred = Predictor(passthrough_model(), tile=64, overlap=16)
+    settings = {"threshold": 0.5, "tta": False, "postprocess": post, "training_scale": {"pixel_size_nm": 2.0}}
+    res = infer(pred, settings, specks, None)
+    assert res["labels"].max() == 1 and res["min_area_px"] == 50  # the 4-px speck is gone, not kept with area 0
+    assert any("smaller than 50 px removed" in n for n in res["notes"])
+    res = infer(pred, settings, specks, 2.0)  # with a pixel size: min_area_nm2 / px**2 as before
+    assert res["min_area_px"] == 50 and not any("px removed" in n for n in res["notes"])
+    out = tmp_path / "px"
+    folder = save_model(passthrough_model(), tmp_path / "m", {"threshold": 0.5, "postprocess": post,
+                                                               "training_scale": {"pixel_size_nm": 7.34375}})
+    predict_command(args([sem_crop[0].with_name("nopx.tif")], folder, out))
+    assert json.loads((out / "summary.json").read_text())["images"][0]["min_area_px"] == 4
+
+
+def test_tta_running_statistics_match_the_stacked_ones():
+    image = np.random.default_rng(5).random((70, 90), dtype=np.float32)
+    conv = Predictor(conv_model(), tile=64, overlap=16)
+    views = []
+    for k in range(4):
+        for flip in (False, True):
+            view = np.rot90(image, k)
+            view = view[:, ::-1] if flip else view
+            pred = conv._single(np.ascontiguousarray(view))
+            views.append(np.rot90(pred[:, ::-1] if flip else pred, -k))
+    mean, std = conv.probability_with_uncertainty(image)
+    assert mean.dtype == std.dtype == np.float32
+    np.testing.assert_allclose(mean, np.mean(views, axis=0), atol=1e-6)
+    np.testing.assert_allclose(std, np.std(views, axis=0), atol=1e-5)

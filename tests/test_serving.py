@@ -414,3 +414,71 @@ def test_guard_answers_503_when_full():
     sent, extra = asyncio.run(scenario())
     assert sent[0]["status"] == 200 and extra[0]["status"] == 503
     assert (b"retry-after", b"2") in extra[0]["headers"] and b"the server is busy" in extra[1]["body"]
+
+
+# ----------------------------------------------------------------------------- without a server
+
+
+def test_image_size_reads_the_real_layout():
+    """A planar RGB TIFF page (3 x H x W) is H x W, not 3 x H; a PNG bomb's size comes from its header."""
+    import tifffile
+
+    from nanoseg.serving import RequestError, image_size, read_upload
+    from tests.test_layout import png_header
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.zeros((3, 600, 500), np.uint8), photometric="rgb", planarconfig="separate")
+    assert image_size(buf.getvalue()) == (600, 500)
+    record = {"image": base64.b64encode(buf.getvalue()).decode(), "name": "planar.tif"}
+    with pytest.raises(RequestError, match=r"planar.tif\): the image is 500 x 600 px \(0.3 Mpx\), more than the 0.2"):
+        read_upload(record, 0, max_pixels=200_000)
+    assert read_upload(record, 0, max_pixels=300_000)[1] == "planar.tif"
+    bomb = png_header(30000, 30000)
+    assert image_size(bomb) == (30000, 30000)
+    with pytest.raises(RequestError, match=r"30000 x 30000 px \(900.0 Mpx\).*\(a decompression bomb\?\)"):
+        read_upload({"image": base64.b64encode(bomb).decode()}, 0)
+    stack = io.BytesIO()
+    tifffile.imwrite(stack, np.zeros((5, 30, 40), np.uint8))
+    with pytest.raises(RequestError, match="image 1: a stack of 5 images"):
+        read_upload({"image": base64.b64encode(stack.getvalue()).decode()}, 0)
+
+
+def _fake_answer(name: str) -> dict:
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(png, format="PNG")
+    return {"name": name, "unit": "px", "pixel_size_nm": None, "summary": {"n_particles": 0},
+            "particles": [{"image": name, "id": 1, "area_px": 3}],
+            "mask_png": base64.b64encode(png.getvalue()).decode(), "labels_tif": base64.b64encode(b"II*\x00").decode()}
+
+
+def test_request_out_refuses_collisions_and_existing_answers(tmp_path, monkeypatch, capsys):
+    from nanoseg import serving
+
+    sent = []
+
+    def fake_post(url, body, timeout=600):
+        sent.append(body)
+        return {"predictions": [_fake_answer(r["name"]) for r in body["dataframe_records"]]}
+
+    monkeypatch.setattr(serving, "post", fake_post)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    one, two = tmp_path / "a" / "x.tif", tmp_path / "b" / "x.png"
+    one.write_bytes(b"II*\x00")
+    two.write_bytes(b"\x89PNG")
+    out = tmp_path / "got"
+    with pytest.raises(NanosegError, match=r"several images are named \['x'\]"):
+        cli.main.__wrapped__(["request", str(one), str(two), "--out", str(out), "--overwrite"])
+    assert not sent and not out.exists()  # refused before anything was sent
+    assert cli.main(["request", str(one), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["particles.csv", "x_labels.tif", "x_mask.png"]
+    before = (out / "particles.csv").read_text()
+    with pytest.raises(NanosegError, match=r"got: already holds particles.csv, x_labels.tif, x_mask.png; pass "
+                                           r"--overwrite"):
+        cli.main.__wrapped__(["request", str(one), "--out", str(out)])
+    assert len(sent) == 1 and (out / "particles.csv").read_text() == before
+    assert cli.main(["request", str(one), "--out", str(out), "--overwrite"]) == 0
+    assert len(sent) == 2 and not [p for p in out.iterdir() if ".tmp" in p.name]
+    capsys.readouterr()

@@ -19,11 +19,11 @@ threshold and post-processing (issue: publish only what was validated):
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 
+from nanoseg.atomic import copy_file, write_json
 from nanoseg.errors import NanosegError
 
 CANDIDATES = ("ensemble", "best_fold", "final")
@@ -155,10 +155,10 @@ def make_best_fold(cv_dir, cv: dict, out, extra_meta: dict | None = None) -> tup
     own = cv["per_fold_own"][str(k)]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src / "model.keras", out / "model.keras")
+    copy_file(src / "model.keras", out / "model.keras")
     meta = json.loads((src / "nanoseg.json").read_text())
     meta.update({"candidate": "best_fold", "fold": k, "threshold": own["threshold"],
                  "postprocess": own["postprocess"], "tuned_on": f"the validation images of fold {k}"})
     meta.update(extra_meta or {})
-    (out / "nanoseg.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    write_json(out / "nanoseg.json", meta, default=str)
     return out, meta

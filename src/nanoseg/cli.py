@@ -24,10 +24,14 @@ def _call(target: str):
 
 
 def _image_arguments(p: argparse.ArgumentParser) -> None:
-    """IMAGE... with the pixel-size and data-bar overrides (``info`` and ``predict``)."""
+    """IMAGE... with the pixel-size, data-bar and size-limit options (``info`` and ``predict``; checked by
+    :func:`nanoseg.micrograph.image_options` before any image is read)."""
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--pixel-size", help="override the pixel size, e.g. 7.34nm or 0.00734um")
-    p.add_argument("--databar-row", type=int, help="override the data-bar row")
+    p.add_argument("--databar-row", help="override the data-bar row: a whole number (the image height means no "
+                   "data bar) or auto (default: detected)")
+    p.add_argument("--max-pixels", help="largest image accepted, in pixels, e.g. 1e8 or 100M (default "
+                   "$NANOSEG_MAX_PIXELS or 8192 x 8192 = 67.1M)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="models/final",
                    help="saved model folder or MLflow model URI (models:/nanoseg@champion, runs:/...)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output folder written by nanoseg predict (only such a folder)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation + uncertainty map")
     p.add_argument("--scale", default="auto", help="auto (default: resample to the model's training pixel size when "
                    "it differs by > 10 %%), off, or a zoom factor such as 0.5")
@@ -98,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default="http://127.0.0.1:5001", help="server address (default http://127.0.0.1:5001)")
     p.add_argument("--pixel-size", help="override the pixel size, e.g. 7.34nm")
     p.add_argument("--out", help="also save masks, labels and particles.csv to this folder")
+    p.add_argument("--overwrite", action="store_true", help="replace answers already saved in --out")
     p.set_defaults(func=_call("nanoseg.serving:request_command"))
 
     return parser

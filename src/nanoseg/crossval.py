@@ -19,11 +19,11 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 
+from nanoseg.atomic import atomic_path, copy_file, write_json
 from nanoseg.config import resolve
 from nanoseg.dataset import load_rows
 from nanoseg.postprocess import foreground_probability
@@ -71,9 +71,13 @@ def inference_key(params: dict, key: str) -> str:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
-    tmp.replace(path)
+    write_json(path, data, default=float)
+
+
+def _save_probs(path: Path, stems, probs) -> None:
+    """The validation images' probability maps (float16), one array per stem, written atomically."""
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, **{s: p.astype(np.float16) for s, p in zip(stems, probs)})
 
 
 def predict_images(model, images, params: dict) -> list[np.ndarray]:
@@ -147,7 +151,7 @@ def run_fold(k: int, fold: dict, manifest, params: dict, fold_dir: Path, key: st
         # kept on disk: the candidates for publishing (ensemble, best fold) are built from these
         folder = save_model(model, fold_dir / "model", meta)
         tracking.log_artifact(folder, "model")
-        np.savez_compressed(fold_dir / "val_probs.npz", **{s: p.astype(np.float16) for s, p in zip(fold["val"], probs)})
+        _save_probs(fold_dir / "val_probs.npz", fold["val"], probs)
         result = {"fold": k, "key": key, "inference_key": inference_key(params, key), "run_id": run.info.run_id,
                   "val": fold["val"], **info, "metrics_at_0.5": metrics}
         _write_json(fold_dir / "result.json", result)
@@ -223,7 +227,7 @@ def refresh_val_probs(result: dict, fold: dict, manifest, params: dict, fold_dir
     model, _ = load_model(fold_dir / "model")
     va_img, _ = load_rows(manifest, fold["val"], params["_root"])
     probs = predict_images(model, va_img, params)
-    np.savez_compressed(fold_dir / "val_probs.npz", **{s: p.astype(np.float16) for s, p in zip(fold["val"], probs)})
+    _save_probs(fold_dir / "val_probs.npz", fold["val"], probs)
     result = {**result, "inference_key": wanted}
     _write_json(fold_dir / "result.json", result)
     return result
@@ -282,7 +286,7 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
         plots_dir = resolve(params, "plots/cv")
         plots_dir.mkdir(parents=True, exist_ok=True)
         for k in range(len(folds)):
-            shutil.copyfile(out_dir / f"fold_{k}" / "history.csv", plots_dir / f"fold_{k}.csv")
+            copy_file(out_dir / f"fold_{k}" / "history.csv", plots_dir / f"fold_{k}.csv")
         px = median_pixel_size(manifest)  # only for the grid's minimum area; every image is scored with its own
         post = choose_postprocess(truths, probs, threshold, params, px)
         per_fold, own, classified = [], {}, []

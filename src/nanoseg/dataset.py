@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from nanoseg.atomic import write_json, write_with
 from nanoseg.config import load_params, resolve
 from nanoseg.errors import NanosegError
 
@@ -283,11 +284,8 @@ def prepare(params: dict, out_dir: str | os.PathLike, progress: bool = True) -> 
     manifest = build_manifest(samples, split, params, progress=progress)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp_csv, tmp_json = out / ".manifest.csv.tmp", out / ".split.json.tmp"
-    manifest.to_csv(tmp_csv, index=False)
-    tmp_json.write_text(json.dumps(split, indent=2) + "\n")
-    tmp_csv.replace(out / "manifest.csv")
-    tmp_json.replace(out / "split.json")
+    write_with(out / "manifest.csv", lambda tmp: manifest.to_csv(tmp, index=False))
+    write_json(out / "split.json", split)
     return manifest
 
 

@@ -9,12 +9,12 @@ missing values are ``nan``, which :func:`json.dumps` writes as ``NaN``).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from scipy import stats
+
+from nanoseg.atomic import atomic_path
 
 _STATS = ("median", "mean", "geometric_mean", "gsd", "d10", "d90", "lognorm_median",
           "lognorm_gsd", "median_ci_low", "median_ci_high", "gsd_ci_low", "gsd_ci_high")
@@ -125,12 +125,6 @@ def plot_psd(values_by_label, path, unit="nm", title=None):
     ax.legend(fontsize="small")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent, prefix=f".{path.stem}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path

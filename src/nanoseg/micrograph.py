@@ -1,23 +1,35 @@
 """Read SEM micrographs: gray pixels, pixel size and the microscope's data bar.
 
-Everything downstream stands on :func:`read_micrograph`. It reads the first page
-of a TIFF (with tifffile) or a PNG (with Pillow) and returns a :class:`Micrograph`:
+Everything downstream stands on :func:`read_micrograph`. It reads a TIFF (with
+tifffile) or a PNG/JPEG (with Pillow) holding ONE 2-D image and returns a :class:`Micrograph`:
 
 * ``pixels``: the FULL frame as 2-D float32 gray values in [0, 1]. Palette
   images get their colormap applied (the Zeiss palette is not the identity:
   some indices are overlay colors), RGB(A) is reduced to luminance
   (:func:`skimage.color.rgb2gray`, alpha dropped). Integers are divided by
-  their dtype's maximum (signed integers holding negative values are mapped
-  from the dtype's full range), floats already in [0, 1] are kept as they are
-  and other floats are min-max scaled to [0, 1] (NaN/inf are refused).
+  their dtype's maximum, except 16-bit containers holding 8/10/12/14-bit data
+  (largest value below 2**bits), which are divided by 2**bits - 1 with a
+  :class:`BitDepthWarning` (a 12-bit detector image would otherwise be almost
+  black). Signed integers holding negative values are mapped from the dtype's
+  full range, floats already in [0, 1] are kept as they are and other floats
+  are min-max scaled to [0, 1] (NaN/inf are refused).
 * ``pixel_size_nm``: an override, else the first calibration found in the
   metadata (Zeiss ``CZ_SEM``, FEI/Thermo ``[Scan] PixelWidth``, ImageJ, a physical
-  TIFF resolution), else ``None`` with a :class:`PixelSizeWarning`.
+  TIFF resolution, a PNG/JPEG resolution), else ``None`` with a
+  :class:`PixelSizeWarning`. Pixel sizes derived from a resolution (ImageJ,
+  TIFF, PNG/JPEG dpi) count only within :data:`RESOLUTION_RANGE_NM` (print
+  resolutions such as 300 or 5000 dpi are not calibrations); outside it they are
+  treated as missing and the warning says why.
 * ``databar_row``: the first row of the data bar (text band at the bottom of
   the frame), detected by :func:`detect_databar` unless given.
 
-Bad files (missing, empty, truncated, not an image, 3-D stacks) raise
-:class:`~nanoseg.errors.NanosegError` naming the file, the problem and the fix.
+Before any pixel is decoded the file's header is checked (:mod:`nanoseg.layout`):
+images larger than the pixel limit (``max_pixels``, default
+:data:`~nanoseg.layout.DEFAULT_MAX_PIXELS`, environment ``NANOSEG_MAX_PIXELS``),
+decompression bombs and stacks (several full-size planes: multi-page TIFFs,
+hyperstacks, volumes) are refused. Bad files (missing, empty, truncated, not an
+image, stacks, too large) raise :class:`~nanoseg.errors.NanosegError` naming the
+file, the problem and the fix.
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ import math
 import numbers
 import operator
 import re
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,14 +51,15 @@ import numpy as np
 import tifffile
 
 from nanoseg.errors import NanosegError
+from nanoseg.layout import TIFF_MAGIC, check_layout, image_layout, max_pixels_limit
 
 __all__ = [
-    "Micrograph", "PixelSizeWarning", "read_micrograph", "parse_pixel_size",
-    "pixel_size_from_tiff", "detect_databar", "read_image_array", "read_mask",
-    "info_command", "quiet_tifffile",
+    "Micrograph", "MicrographWarning", "PixelSizeWarning", "BitDepthWarning", "read_micrograph",
+    "parse_pixel_size", "parse_databar_row", "pixel_size_from_tiff", "detect_databar", "read_image_array",
+    "read_mask", "probe_image", "effective_bits", "image_options", "one_line", "info_command",
+    "RESOLUTION_RANGE_NM", "quiet_tifffile",
 ]
 
-_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _UNIT_NM = {
     "pm": 1e-3, "a": 0.1, "å": 0.1, "angstrom": 0.1, "nm": 1.0, "nanometer": 1.0,
     "um": 1e3, "µm": 1e3, "μm": 1e3, "micron": 1e3, "micrometer": 1e3,
@@ -53,14 +67,26 @@ _UNIT_NM = {
 }
 # Physical TIFF resolution units (tifffile RESUNIT) in nm.
 _RESUNIT_NM = {2: 2.54e7, 3: 1e7, 4: 1e6, 5: 1e3}
-# A TIFF resolution giving pixels of 10 µm or more (<= 2540 dpi) is a print
-# resolution (72, 300 dpi ...), not a microscope calibration.
-_MAX_RESOLUTION_PIXEL_NM = 1e4
+_RESUNIT_NAME = {2: "dpi", 3: "px/cm", 4: "px/mm", 5: "px/um"}
+#: A pixel size derived from a resolution (TIFF/PNG/JPEG resolution, ImageJ) is a calibration only in
+#: this range (nm): SEM pixels, the range the ``validate`` stage accepts (params.yaml). Outside it,
+#: e.g. 300 dpi (84667 nm) or 5000 dpi (5080 nm), it is a print or scan resolution and is ignored.
+RESOLUTION_RANGE_NM = (0.05, 500.0)
+#: effective bit depths recognised in 16-bit containers (largest value below 2**bits)
+_EFFECTIVE_BITS = (8, 10, 12, 14)
 _PIXEL_SIZE_HELP = "e.g. 7.34nm, 0.00734um, 7.34e-9m or 73.4A (a bare number is nm)"
 
 
-class PixelSizeWarning(UserWarning):
-    """No pixel size was found: sizes will be in pixels."""
+class MicrographWarning(UserWarning):
+    """Something about an image that changes its numbers; ``nanoseg predict`` reports it as a note."""
+
+
+class PixelSizeWarning(MicrographWarning):
+    """No (usable) pixel size was found: sizes will be in pixels."""
+
+
+class BitDepthWarning(MicrographWarning):
+    """A 16-bit image holds fewer significant bits (e.g. 12-bit detector data) and is scaled by them."""
 
 
 @dataclass(eq=False)
@@ -80,7 +106,7 @@ class Micrograph:
     databar_row : int
         First row of the data bar; equals the height when there is none.
     source_dtype : str
-        How the file stores pixels, e.g. "uint8 palette", "uint16", "RGB uint8".
+        How the file stores pixels, e.g. "uint8 palette", "uint16", "RGB uint8", "uint16, 12-bit data".
     """
 
     path: Path
@@ -207,51 +233,78 @@ def _resolution(page) -> float | None:
     return num / den if num and den else None
 
 
-def _imagej(tif: tifffile.TiffFile) -> float | None:
+def _imagej(tif: tifffile.TiffFile) -> tuple[float | None, str]:
     meta = tif.imagej_metadata or {}
     per_unit = _resolution(tif.pages.first)
     if not per_unit or "unit" not in meta:
-        return None
-    return _to_nm(1.0 / per_unit, meta["unit"])
+        return None, ""
+    return _to_nm(1.0 / per_unit, meta["unit"]), f"ImageJ ({1.0 / per_unit:.6g} {meta['unit']}/px)"
 
 
-def _tiff_resolution(tif: tifffile.TiffFile) -> float | None:
+def _tiff_resolution(tif: tifffile.TiffFile) -> tuple[float | None, str]:
     page = tif.pages.first
     unit_tag = page.tags.get("ResolutionUnit")
-    unit_nm = _RESUNIT_NM.get(int(unit_tag.value) if unit_tag else 2)
+    unit = int(unit_tag.value) if unit_tag else 2
     per_unit = _resolution(page)
-    if unit_nm is None or not per_unit:
-        return None
-    nm = unit_nm / per_unit
-    return nm if nm < _MAX_RESOLUTION_PIXEL_NM else None
+    if unit not in _RESUNIT_NM or not per_unit:
+        return None, ""
+    return _RESUNIT_NM[unit] / per_unit, f"TIFF resolution ({per_unit:.6g} {_RESUNIT_NAME[unit]})"
+
+
+def plausible_resolution(nm: float | None, source: str) -> tuple[float | None, str]:
+    """A resolution-derived pixel size if it lies in :data:`RESOLUTION_RANGE_NM`, else None and why.
+
+    Returns
+    -------
+    (float or None, str)
+        The pixel size and ``""``; or None and a note such as "the TIFF resolution (5000 dpi) gives
+        5080 nm/px, outside the plausible SEM range 0.05-500 nm: ignored".
+    """
+    low, high = RESOLUTION_RANGE_NM
+    if nm is None or low <= nm <= high:
+        return nm, ""
+    return None, f"the {source} gives {nm:.4g} nm/px, outside the plausible SEM range {low:g}-{high:g} nm: ignored"
+
+
+def _pixel_size_and_note(tif: tifffile.TiffFile) -> tuple[float | None, str, str]:
+    """(nm, source, note): the first usable calibration; ``note`` says which resolution was ignored."""
+    readers = (
+        (lambda: (_cz_sem(tif), "CZ_SEM tag 34118"), False),
+        (lambda: _fei(tif), False),
+        (lambda: _imagej(tif), True),
+        (lambda: _tiff_resolution(tif), True),
+    )
+    notes = []
+    for reader, from_resolution in readers:
+        try:
+            nm, source = reader()
+        except Exception:  # damaged metadata: try the next source  # noqa: BLE001
+            continue
+        if nm and from_resolution:
+            nm, note = plausible_resolution(nm, source)
+            notes += [note] if note else []
+        if nm:
+            return float(nm), source, ""
+    return None, "none", "; ".join(notes)
 
 
 def pixel_size_from_tiff(tif: tifffile.TiffFile) -> tuple[float | None, str]:
     """Find the pixel size in a TIFF's metadata.
 
     Looks, in order, at the Zeiss ``CZ_SEM`` tag, FEI/Thermo metadata, ImageJ
-    calibration and a physical TIFF resolution (inch/cm/mm/µm units; print
-    resolutions such as 72 or 300 dpi, and ResolutionUnit "none", do not count).
+    calibration and a physical TIFF resolution (inch/cm/mm/µm units;
+    ResolutionUnit "none" does not count). Resolution-derived sizes (ImageJ, TIFF
+    resolution) count only within :data:`RESOLUTION_RANGE_NM`: print or scan
+    resolutions such as 72, 300 or 5000 dpi are not microscope calibrations.
 
     Returns
     -------
     (float or None, str)
-        Pixel size in nm and its source, or ``(None, "none")``.
+        Pixel size in nm and its source (with the raw resolution for resolution-derived
+        sizes, e.g. "TIFF resolution (1.36170e+06 px/cm)"), or ``(None, "none")``.
     """
-    readers = (
-        lambda: (_cz_sem(tif), "CZ_SEM tag 34118"),
-        lambda: _fei(tif),
-        lambda: (_imagej(tif), "ImageJ"),
-        lambda: (_tiff_resolution(tif), "TIFF resolution"),
-    )
-    for reader in readers:
-        try:
-            nm, source = reader()
-        except Exception:  # damaged metadata: try the next source  # noqa: BLE001
-            continue
-        if nm:
-            return float(nm), source
-    return None, "none"
+    nm, source, _ = _pixel_size_and_note(tif)
+    return nm, source
 
 
 # --------------------------------------------------------------------------- reading
@@ -319,7 +372,41 @@ def _check_file(path: Path) -> bytes:
         raise NanosegError(f"{path}: cannot open the file ({exc.strerror}); check its permissions.") from None
 
 
-def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray | None, tuple[float | None, str]]:
+def probe_image(path, max_pixels=None):
+    """Check an image file before decoding it: it exists, is not empty, and its header declares one
+    2-D image within the pixel limit (:mod:`nanoseg.layout`).
+
+    Parameters
+    ----------
+    path : str or Path
+    max_pixels : int, optional
+        The limit; None: ``$NANOSEG_MAX_PIXELS`` or :data:`~nanoseg.layout.DEFAULT_MAX_PIXELS`.
+
+    Returns
+    -------
+    ImageLayout or None
+        None when the header is not recognised (reading the file says why).
+
+    Raises
+    ------
+    NanosegError
+        Missing, folder, empty, unreadable, too large, a decompression bomb, a stack.
+    """
+    path = Path(path)
+    head = _check_file(path)
+    layout = image_layout(path, str(path))
+    if layout is None and head[:4] not in TIFF_MAGIC:  # (a damaged TIFF gets tifffile's reason when it is read)
+        raise _not_an_image(path)
+    check_layout(layout, str(path), max_pixels_limit(max_pixels))
+    return layout
+
+
+def _not_an_image(path: Path) -> NanosegError:
+    hint = " (it is named .tif but holds no TIFF data)" if path.suffix.lower() in (".tif", ".tiff") else ""
+    return NanosegError(f"{path}: not a TIFF or PNG image{hint}; check the file, or export the micrograph as TIFF.")
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray | None, tuple[float | None, str, str]]:
     with quiet_tifffile() as log:
         try:
             with tifffile.TiffFile(path) as tif:
@@ -328,7 +415,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray | None, tuple[float |
                 page = tif.pages.first
                 array, axes, photometric = page.asarray(), page.axes, page.photometric
                 colormap = page.colormap if photometric == tifffile.PHOTOMETRIC.PALETTE else None
-                pixel_size = pixel_size_from_tiff(tif)
+                pixel_size = _pixel_size_and_note(tif)
         except Exception as exc:  # tifffile raises many kinds on bad files  # noqa: BLE001
             detail = str(exc) or (log[0] if log else type(exc).__name__)
             raise NanosegError(
@@ -344,7 +431,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray | None, tuple[float |
     return array, colormap, pixel_size
 
 
-def _read_pillow(path: Path, suffix_hint: str) -> tuple[np.ndarray, np.ndarray | None, tuple[float | None, str]]:
+def _read_pillow(path: Path) -> tuple[np.ndarray, np.ndarray | None, tuple[float | None, str, str]]:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -357,29 +444,47 @@ def _read_pillow(path: Path, suffix_hint: str) -> tuple[np.ndarray, np.ndarray |
                 im = im.convert("RGBA" if "A" in im.mode else "RGB")
             array, dpi, kind = np.asarray(im), im.info.get("dpi"), im.format or "image"
     except UnidentifiedImageError:
+        raise _not_an_image(path) from None
+    except Image.DecompressionBombError as exc:
         raise NanosegError(
-            f"{path}: not a TIFF or PNG image{suffix_hint}; check the file, or export the micrograph as TIFF."
+            f"{path}: a decompression bomb, or an image too large for Pillow ({exc}); split it into smaller images."
         ) from None
     except Exception as exc:  # noqa: BLE001
         raise NanosegError(
             f"{path}: cannot read this image ({exc}); the file is damaged or truncated: copy it again."
         ) from None
-    nm = 2.54e7 / float(dpi[0]) if dpi and float(dpi[0]) > 0 else None
-    pixel_size = (nm, f"{kind} resolution") if nm and nm < _MAX_RESOLUTION_PIXEL_NM else (None, "none")
+    return _squeeze_alpha(array), colormap, _dpi_pixel_size(dpi, kind)
+
+
+def _dpi_pixel_size(dpi, kind: str) -> tuple[float | None, str, str]:
+    """(nm, source, note) from a PNG/JPEG resolution in dots per inch (see :func:`plausible_resolution`)."""
+    try:
+        per_inch = float(dpi[0]) if dpi else 0.0
+    except (TypeError, ValueError, IndexError):
+        per_inch = 0.0
+    if not per_inch > 0 or not math.isfinite(per_inch):
+        return None, "none", ""
+    source = f"{kind} resolution ({per_inch:.5g} dpi)"
+    nm, note = plausible_resolution(2.54e7 / per_inch, source)
+    return (nm, source, "") if nm else (None, "none", note)
+
+
+def _squeeze_alpha(array: np.ndarray) -> np.ndarray:
     if array.ndim == 3 and array.shape[-1] == 2:  # gray + alpha
         array = array[..., 0]
-    return array, colormap, pixel_size
+    return array
 
 
-def _read_stored(path) -> tuple[Path, np.ndarray, np.ndarray | None, tuple[float | None, str]]:
-    """The first image of a file as stored (channels last) and its palette, if any."""
+def _read_stored(path, max_pixels=None) -> tuple[Path, np.ndarray, np.ndarray | None, tuple[float | None, str, str]]:
+    """The image of a file as stored (channels last), its palette (if any) and (pixel size, source, note),
+    after :func:`probe_image`."""
     path = Path(path)
+    probe_image(path, max_pixels)
     head = _check_file(path)
-    if head[:4] in _TIFF_MAGIC:
+    if head[:4] in TIFF_MAGIC:
         array, colormap, pixel_size = _read_tiff(path)
     else:
-        hint = " (it is named .tif but holds no TIFF data)" if path.suffix.lower() in (".tif", ".tiff") else ""
-        array, colormap, pixel_size = _read_pillow(path, hint)
+        array, colormap, pixel_size = _read_pillow(path)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4))):
@@ -401,12 +506,29 @@ def _describe(array: np.ndarray, colormap) -> str:
     return kind
 
 
-def _unit_scale(array: np.ndarray, path: Path) -> np.ndarray:
-    """Map stored values to float32 in [0, 1] (see the module docstring)."""
+def effective_bits(array: np.ndarray) -> int | None:
+    """The significant bits of 16-bit data: the smallest of 8, 10, 12, 14 whose range holds every value.
+
+    Returns
+    -------
+    int or None
+        E.g. 12 for a uint16 image whose largest value is below 4096 (12-bit detector data); None for
+        other dtypes, for blank images and when the data use the full 16 bits.
+    """
+    if array.dtype != np.uint16 or array.size == 0:
+        return None
+    top = int(array.max())
+    return next((bits for bits in _EFFECTIVE_BITS if 0 < top < 2**bits), None)
+
+
+def _unit_scale(array: np.ndarray, path: Path, bits: int | None = None) -> np.ndarray:
+    """Map stored values to float32 in [0, 1] (see the module docstring); ``bits``: unsigned data use
+    only that many bits (divided by ``2**bits - 1``)."""
     if array.dtype == bool:
         return array.astype(np.float32)
     if array.dtype.kind == "u":
-        return (array / np.float32(np.iinfo(array.dtype).max)).astype(np.float32)
+        top = 2**bits - 1 if bits else np.iinfo(array.dtype).max
+        return (array / np.float32(top)).astype(np.float32)
     if array.dtype.kind == "i":
         info = np.iinfo(array.dtype)
         if array.min() >= 0:
@@ -422,7 +544,7 @@ def _unit_scale(array: np.ndarray, path: Path) -> np.ndarray:
     return ((array - low) / (high - low) if high > low else np.zeros_like(array)).astype(np.float32)
 
 
-def _to_gray(array: np.ndarray, colormap: np.ndarray | None, path: Path) -> np.ndarray:
+def _to_gray(array: np.ndarray, colormap: np.ndarray | None, path: Path, bits: int | None = None) -> np.ndarray:
     from skimage.color import rgb2gray
 
     if colormap is not None:
@@ -430,13 +552,13 @@ def _to_gray(array: np.ndarray, colormap: np.ndarray | None, path: Path) -> np.n
         gray_entry = (rgb == rgb[:, :1]).all(axis=1)  # keep gray entries exact
         lut = np.where(gray_entry, rgb[:, 0], rgb2gray(rgb[None])[0]).astype(np.float32)
         return lut[np.clip(array, 0, len(lut) - 1)]
-    gray = _unit_scale(array, path)
+    gray = _unit_scale(array, path, bits)
     if gray.ndim == 3:
         gray = rgb2gray(gray[..., :3]).astype(np.float32)
     return np.clip(gray, 0.0, 1.0, out=gray)
 
 
-def read_image_array(path) -> np.ndarray:
+def read_image_array(path, max_pixels=None) -> np.ndarray:
     """Read an image as stored: the raw 2-D array, palette NOT applied (for masks).
 
     RGB(A) files whose color channels are equal are reduced to one channel.
@@ -446,7 +568,7 @@ def read_image_array(path) -> np.ndarray:
     NanosegError
         For the same bad files as :func:`read_micrograph`, and for color images.
     """
-    path, array, _, _ = _read_stored(path)
+    path, array, _, _ = _read_stored(path, max_pixels)
     if array.ndim == 3:
         rgb = array[..., :3]
         if not ((rgb == rgb[..., :1]).all()):
@@ -555,51 +677,111 @@ def detect_databar(
     return height
 
 
-def read_micrograph(path, pixel_size=None, databar_row=None, notes: list | None = None) -> Micrograph:
-    """Read an SEM micrograph (TIFF or PNG) with its pixel size and data-bar row.
+def _whole_row(value) -> int | None:
+    """``value`` as a whole number of rows, or None when it is not one (bools, 12.5, "x")."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return int(value) if isinstance(value, str) else operator.index(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_databar_row(value) -> int | str | None:
+    """A data-bar row from the command line, checked before any image is read.
+
+    Returns
+    -------
+    None, "auto" or int
+        None/"auto": detect it; an int >= 1 (whether it lies within each image is checked per image).
+
+    Raises
+    ------
+    NanosegError
+        For anything but "auto" or a whole number >= 1.
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None if value is None else "auto"
+    row = _whole_row(value.strip() if isinstance(value, str) else value)
+    if row is None or row < 1:
+        raise NanosegError(f"--databar-row {value!r}: give the first row of the data bar as a whole number "
+                           "from 1 (the image height means no data bar), or auto to detect it.")
+    return row
+
+
+def _warn_pixel_size(path: Path, note: str, notes: list | None = None) -> None:
+    why = f"usable pixel size in the file's metadata ({note})" if note else \
+        "pixel size in the file's metadata (Zeiss, FEI, ImageJ or a resolution)"
+    message = f"{path}: no {why}; sizes will be in pixels. Give one (e.g. --pixel-size 7.34nm) to measure in nm."
+    if notes is not None:  # collected, not warned: no warning filters needed (thread-safe, for the server)
+        notes.append(message)
+    else:
+        warnings.warn(message, PixelSizeWarning, stacklevel=3)
+
+
+def _warn_bits(path: Path, array: np.ndarray, bits: int, notes: list | None = None) -> None:
+    message = (f"{path}: 16-bit image whose values stay below {2**bits} (largest {int(array.max())}): read as "
+               f"{bits}-bit data, scaled by {2**bits - 1} instead of 65535.")
+    if notes is not None:
+        notes.append(message)
+    else:
+        warnings.warn(message, BitDepthWarning, stacklevel=3)
+
+
+def _databar(path: Path, pixels: np.ndarray, databar_row) -> int:
+    if databar_row is None or databar_row == "auto":
+        return detect_databar(pixels)
+    row, height = _whole_row(databar_row), pixels.shape[0]
+    if row is None or not 1 <= row <= height:
+        raise NanosegError(
+            f"{path}: data-bar row {databar_row!r} is not a row of this image: give a whole number "
+            f"from 1 to {height} (the image height, meaning no data bar) or 'auto'."
+        )
+    return row
+
+
+def read_micrograph(path, pixel_size=None, databar_row=None, max_pixels=None,
+                    notes: list | None = None) -> Micrograph:
+    """Read an SEM micrograph (TIFF, PNG or JPEG) with its pixel size and data-bar row.
 
     Parameters
     ----------
     path : str or Path
-        Image file; for multi-page TIFFs the first page is used.
+        Image file holding one 2-D image (stacks are refused; thumbnail pages are ignored).
     pixel_size : None, float or str, optional
         None reads it from the metadata; a number (nm) or text such as
         ``"7.34nm"`` or ``"0.00734um"`` overrides it (source "override").
     databar_row : None, "auto" or int, optional
         None/"auto" detects it (:func:`detect_databar`); an int overrides it.
+    max_pixels : int, optional
+        Largest image accepted (pixels); None: ``$NANOSEG_MAX_PIXELS`` or
+        :data:`~nanoseg.layout.DEFAULT_MAX_PIXELS`.
     notes : list, optional
-        Given, the missing-pixel-size message is appended to it instead of being issued as a
-        :class:`PixelSizeWarning` (no warning filters needed: thread-safe, for the server).
+        Given, the missing-pixel-size and bit-depth messages are appended to it instead of being issued
+        as warnings (no warning filters needed: thread-safe, for the server).
 
     Returns
     -------
     Micrograph
+
+    Warns
+    -----
+    PixelSizeWarning
+        No usable pixel size (none in the metadata, or a resolution outside :data:`RESOLUTION_RANGE_NM`).
+    BitDepthWarning
+        16-bit data using only 8, 10, 12 or 14 bits, scaled by them.
     """
-    path, array, colormap, (nm, source) = _read_stored(path)
-    pixels = _to_gray(array, colormap, path)
+    path, array, colormap, (nm, source, note) = _read_stored(path, max_pixels)
+    bits = effective_bits(array) if colormap is None else None
+    if bits:
+        _warn_bits(path, array, bits, notes)
+    pixels = _to_gray(array, colormap, path, bits)
     if pixel_size is not None:
         nm, source = parse_pixel_size(pixel_size), "override"
     elif nm is None:
-        message = (f"{path}: no pixel size in the file's metadata (Zeiss, FEI, ImageJ or TIFF resolution); "
-                   "sizes will be in pixels. Give one (e.g. --pixel-size 7.34nm) to measure in nm.")
-        if notes is not None:
-            notes.append(message)
-        else:
-            warnings.warn(message, PixelSizeWarning, stacklevel=2)
-    height = pixels.shape[0]
-    if databar_row is None or databar_row == "auto":
-        row = detect_databar(pixels)
-    else:
-        try:
-            row = int(databar_row) if isinstance(databar_row, str) else operator.index(databar_row)
-        except (TypeError, ValueError):
-            row = None
-        if isinstance(databar_row, bool) or row is None or not 1 <= row <= height:
-            raise NanosegError(
-                f"{path}: data-bar row {databar_row!r} is not a row of this image: give a whole number "
-                f"from 1 to {height} (the image height, meaning no data bar) or 'auto'."
-            )
-    return Micrograph(path, pixels, nm, source, int(row), _describe(array, colormap))
+        _warn_pixel_size(path, note, notes)
+    described = _describe(array, colormap) + (f", {bits}-bit data" if bits else "")
+    return Micrograph(path, pixels, nm, source, int(_databar(path, pixels, databar_row)), described)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -617,31 +799,88 @@ def _summary(m: Micrograph) -> dict:
     }
 
 
+def image_options(args) -> tuple[float | None, int | str | None, int]:
+    """The image options shared by ``info`` and ``predict``, checked before any image is read (or model
+    loaded): ``(pixel size in nm or None, data-bar row, pixel limit)``.
+
+    Raises
+    ------
+    NanosegError
+        For a bad ``--pixel-size``, ``--databar-row`` or ``--max-pixels`` (or ``$NANOSEG_MAX_PIXELS``).
+    """
+    pixel_size = getattr(args, "pixel_size", None)
+    return (None if pixel_size is None else parse_pixel_size(pixel_size),
+            parse_databar_row(getattr(args, "databar_row", None)),
+            max_pixels_limit(getattr(args, "max_pixels", None)))
+
+
+def one_line(exc: BaseException) -> str:
+    """An error message on one line (for reports of skipped files)."""
+    return " ".join(str(exc).split())
+
+
+def _info_item(path, pixel_size, databar_row, max_pixels) -> dict:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MicrographWarning)
+        item = _summary(read_micrograph(path, pixel_size, databar_row, max_pixels))
+    item["notes"] = [str(w.message).replace(f"{path}: ", "", 1) for w in caught
+                     if issubclass(w.category, MicrographWarning)]
+    return item
+
+
+def _print_item(item: dict) -> None:
+    w, h, row = item["width"], item["height"], item["databar_row"]
+    if item["pixel_size_nm"] is None:
+        size = "unknown: sizes will be in pixels (give --pixel-size, e.g. 7.34nm)"
+        fov = "unknown (no pixel size)"
+    else:
+        size = f"{item['pixel_size_nm']:.3f} nm ({item['pixel_size_source']})"
+        fov = "{width:.3f} x {height:.3f} µm (sample above the data bar)".format(**item["field_of_view_um"])
+    bar = f"none (row {row} = image height)" if row == h else f"from row {row}"
+    print(
+        f"{item['name']}\n"
+        f"  size           {w} x {h} px, {item['source_dtype']}\n"
+        f"  pixel size     {size}\n"
+        f"  data bar       {bar}; sample rows 0-{row - 1}, {item['crop_rows_32']} rows in 32-row crops\n"
+        f"  field of view  {fov}"
+        + "".join(f"\n  note           {note}" for note in item["notes"])
+    )
+
+
 def info_command(args) -> int:
-    """``nanoseg info IMAGE... [--pixel-size X] [--databar-row N] [--json]``."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PixelSizeWarning)  # reported in the output instead
-        items = [
-            _summary(read_micrograph(p, getattr(args, "pixel_size", None), getattr(args, "databar_row", None)))
-            for p in args.images
-        ]
+    """``nanoseg info IMAGE... [--pixel-size X] [--databar-row N] [--max-pixels N] [--json]``.
+
+    Every image is described; one that cannot be read is reported on stderr (one line) and skipped.
+
+    Returns
+    -------
+    int
+        0, or 1 when some (not all) images could not be read.
+
+    Raises
+    ------
+    NanosegError
+        For bad options, or when no image could be read.
+    """
+    options = image_options(args)
+    items, failed = [], []
+    for path in args.images:
+        try:
+            items.append(_info_item(path, *options))
+        except NanosegError as exc:
+            if len(args.images) == 1:
+                raise
+            print(f"nanoseg: error: {one_line(exc)}", file=sys.stderr)
+            failed.append(str(path))
+    if not items:
+        raise NanosegError(f"none of the {len(failed)} images could be read (see the errors above).")
     if getattr(args, "json", False):
         print(json.dumps(items, indent=2, ensure_ascii=False))
-        return 0
-    for item in items:
-        w, h, row = item["width"], item["height"], item["databar_row"]
-        if item["pixel_size_nm"] is None:
-            size = "unknown: sizes will be in pixels (give --pixel-size, e.g. 7.34nm)"
-            fov = "unknown (no pixel size)"
-        else:
-            size = f"{item['pixel_size_nm']:.3f} nm ({item['pixel_size_source']})"
-            fov = "{width:.3f} x {height:.3f} µm (sample above the data bar)".format(**item["field_of_view_um"])
-        bar = f"none (row {row} = image height)" if row == h else f"from row {row}"
-        print(
-            f"{item['name']}\n"
-            f"  size           {w} x {h} px, {item['source_dtype']}\n"
-            f"  pixel size     {size}\n"
-            f"  data bar       {bar}; sample rows 0-{row - 1}, {item['crop_rows_32']} rows in 32-row crops\n"
-            f"  field of view  {fov}"
-        )
+    else:
+        for item in items:
+            _print_item(item)
+    if failed:
+        print(f"nanoseg: {len(failed)} of {len(args.images)} images could not be read: {', '.join(failed)}",
+              file=sys.stderr)
+        return 1
     return 0

@@ -33,13 +33,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import keras
 from keras import layers
 
+from nanoseg.atomic import atomic_path
 from nanoseg.errors import NanosegError
 
 SKIPS = ("conv4_block6_out", "conv3_block4_out", "conv2_block3_out", "conv1_relu")
@@ -244,8 +243,9 @@ def save_model(model, folder, metadata: dict) -> Path:
     """Save ``model`` and its settings to ``folder``.
 
     Writes ``folder/model.keras`` and ``folder/nanoseg.json`` (``metadata``
-    plus keras version and parameter count). Files are written under temporary
-    names and renamed, so a failure leaves no half-written model.
+    plus keras version and parameter count). Both files are written under temporary
+    names (:func:`nanoseg.atomic.atomic_path`) and renamed only when both are complete, so a
+    failure leaves no half-written model.
 
     Returns
     -------
@@ -256,14 +256,9 @@ def save_model(model, folder, metadata: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"keras_version": keras.__version__, "params": int(model.count_params()),
             "dtype_policy": model.dtype_policy.name, **dict(metadata)}
-    tmp = Path(tempfile.mkdtemp(prefix=".saving-", dir=folder))
-    try:
-        model.save(tmp / MODEL_FILE)
-        (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=_json_default) + "\n")
-        for name in (MODEL_FILE, METADATA_FILE):
-            os.replace(tmp / name, folder / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_path(folder / MODEL_FILE) as tmp_model, atomic_path(folder / METADATA_FILE) as tmp_meta:
+        model.save(tmp_model)
+        tmp_meta.write_text(json.dumps(meta, indent=2, default=_json_default) + "\n")
     return folder
 
 

@@ -229,37 +229,19 @@ def decode_image(text, label: str) -> bytes:
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:
-    """(rows, cols) from the file header without decoding the pixels; None if not recognised.
+    """(rows, cols) of one image plane from the file header, without decoding the pixels; None if not recognised.
 
-    Reads PNG and TIFF headers itself (no warning filters changed: requests run in threads),
-    other formats through Pillow's lazy ``Image.open``.
+    Read from the real layout (:func:`nanoseg.layout.image_layout`; no warning filters changed: requests
+    run in threads): a planar RGB TIFF page (3 x H x W) is H x W, a PNG's size comes from its header even
+    when it is a decompression bomb.
     """
-    if data[:8] == _PNG and len(data) >= 24 and data[12:16] == b"IHDR":
-        return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
-    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return _tiff_size(data)
-    from PIL import Image
+    from nanoseg.layout import image_layout
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            return int(im.size[1]), int(im.size[0])
-    except Image.DecompressionBombError:
+        layout = image_layout(data)
+    except NanosegError:  # a bomb whose size only Pillow knew
         return (1 << 20, 1 << 20)
-    except Exception:  # noqa: BLE001 - unreadable files are reported by read_micrograph
-        return None
-
-
-def _tiff_size(data: bytes) -> tuple[int, int] | None:
-    import tifffile
-
-    from nanoseg.micrograph import quiet_tifffile
-
-    try:
-        with quiet_tifffile(), tifffile.TiffFile(io.BytesIO(data)) as tif:
-            shape = tif.pages.first.shape
-        return int(shape[0]), int(shape[1])
-    except Exception:  # noqa: BLE001 - damaged TIFFs are reported by read_micrograph
-        return None
+    return None if layout is None else (layout.rows, layout.cols)
 
 
 def _suffix(data: bytes) -> str:
@@ -274,10 +256,19 @@ def read_upload(record: dict, index: int, max_pixels: int = MAX_PIXELS) -> tuple
     name = Path(name or "").name
     label = f"image {index + 1}" + (f" ({one_line(name, 80)})" if name else "")
     data = decode_image(record.get("image"), label)
-    size = image_size(data)
-    if size and size[0] * size[1] > max_pixels:
-        raise RequestError(f"{label}: the image is {size[1]} x {size[0]} px ({size[0] * size[1] / 1e6:.1f} Mpx), "
-                           f"more than the {max_pixels / 1e6:.1f} Mpx this server accepts; send a smaller image.")
+    from nanoseg.layout import image_layout
+
+    try:
+        layout = image_layout(data, label)
+    except NanosegError as exc:  # a decompression bomb
+        raise RequestError(str(exc)) from None
+    if layout and layout.pixels > max_pixels:
+        bomb = " (a decompression bomb?)" if len(data) < 0.01 * layout.pixels else ""
+        raise RequestError(f"{label}: the image is {layout.cols} x {layout.rows} px ({layout.pixels / 1e6:.1f} Mpx), "
+                           f"more than the {max_pixels / 1e6:.1f} Mpx this server accepts{bomb}; send a smaller image.")
+    if layout and layout.planes > 1:
+        raise RequestError(f"{label}: a stack of {layout.planes} images, not one 2-D micrograph; send each plane "
+                           "as its own image.")
     safe = re.sub(r"[^\w.+-]", "_", name).lstrip(".")
     return data, safe or f"image_{index + 1}{_suffix(data)}", label
 

@@ -1,7 +1,7 @@
 """Pictures for people: learning curves, error overlays, metric bar charts.
 
-All functions write a PNG and return its path (matplotlib's Agg backend, no
-display needed).
+All functions write a PNG (atomically, :mod:`nanoseg.atomic`) and return its path
+(matplotlib's Agg backend, no display needed).
 """
 
 from __future__ import annotations
@@ -14,7 +14,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from nanoseg.atomic import atomic_path  # noqa: E402
+
 COLORS = {"tp": (0.1, 0.8, 0.1), "fp": (0.95, 0.15, 0.1), "fn": (0.15, 0.35, 1.0), "merged": (0.85, 0.1, 0.85)}
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
 
 
 def _out(path) -> Path:
@@ -38,7 +45,7 @@ def learning_curves(history: dict, path, title: str = "") -> Path:
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -68,7 +75,7 @@ def error_overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, path, 
     legend = "TP green · FP red · FN blue · " + ("merged magenta · " if merged is not None else "")
     fig.text(0.01, 0.99, title + "   " + legend + "truth white · prediction yellow",
              va="top", fontsize=9)
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -93,7 +100,7 @@ def error_bars(summary: dict, path, title: str = "") -> Path:
     bias = summary.get("matched_ecd_bias", float("nan"))
     ax.set_title(f"{title}  (matched pairs: median ECD {bias:+.1%})" if bias == bias else title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -117,6 +124,6 @@ def metric_bars(summary: dict, path, metrics, title: str = "", reference: dict |
     ax.legend(loc="lower left", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
     plt.close(fig)
     return path

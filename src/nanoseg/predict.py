@@ -23,28 +23,44 @@ from the model's training pixel size is resampled to it for inference and the la
 (:mod:`nanoseg.rescale`); particles are always measured on the input grid with its own pixel size.
 With ``--polarity auto`` (the default) images of dark particles on a bright background are
 recognised and inverted before inference (:mod:`nanoseg.polarity`). Output goes to a temporary folder next to ``--out`` that is renamed
-into place at the end, so an interrupted run leaves nothing half-written.
+into place at the end, so an interrupted run leaves nothing half-written; every file in it is written
+atomically (:mod:`nanoseg.atomic`) and the folder carries a ``.nanoseg-output`` marker listing them:
+``--overwrite`` replaces only such a folder, never one holding other files or the inputs
+(:mod:`nanoseg.outputs`).
+
+Every argument is checked, and every image's header (:func:`nanoseg.micrograph.probe_image`: pixel
+limit ``--max-pixels``, stacks, decompression bombs), before the model is loaded. An image that fails
+is reported on one line and skipped; the others are analysed, ``summary.json`` lists the failures
+(``failed``) and the command exits with status 1. Without a pixel size, particles smaller than
+``min_area_nm2`` at the model's training pixel size (in px) are removed, or :data:`DEFAULT_MIN_AREA_PX`
+when the model records none; the value used is in ``summary.json`` (``min_area_px``).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from nanoseg.atomic import write_json, write_with
 from nanoseg.errors import NanosegError
+from nanoseg.outputs import check_replaceable, replace_folder
 from nanoseg.tiling import predict_tiled
 
 DEFAULTS = {"tile": 512, "overlap": 64, "batch": 4, "threshold": 0.5, "min_area_nm2": 200.0, "tta": False,
             "precision": "auto"}
+#: smallest particle kept (px) in an image without a pixel size when the model records no training pixel
+#: size: 200 nm2 at the BAM images' 7.34 nm/px
+DEFAULT_MIN_AREA_PX = 4
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
+#: the files ``nanoseg predict`` writes per image, after its stem
+IMAGE_OUTPUTS = ("_mask.png", "_labels.tif", "_overlay.png", "_uncertainty.tif", "_spread.tif")
 
 
 class Predictor:
@@ -180,16 +196,22 @@ class Predictor:
             deviation over the 8 predictions) is an uncertainty estimate.
         """
         image = self._image(image)
-        preds = []
-        for k in range(4):
+        mean = m2 = None
+        n = 0
+        for k in range(4):  # running mean and variance (Welford), float32: not 8 maps in memory at once
             for flip in (False, True):
                 view = np.rot90(image, k)
                 view = view[:, ::-1] if flip else view
                 pred = self._single(np.ascontiguousarray(view))
-                pred = pred[:, ::-1] if flip else pred
-                preds.append(np.rot90(pred, -k))
-        stack = np.stack(preds)
-        return stack.mean(axis=0).astype(np.float32), stack.std(axis=0).astype(np.float32)
+                pred = np.rot90(pred[:, ::-1] if flip else pred, -k)
+                n += 1
+                if mean is None:
+                    mean, m2 = np.array(pred, np.float32), np.zeros(pred.shape, np.float32)
+                    continue
+                delta = pred - mean
+                mean += delta / np.float32(n)
+                m2 += delta * (pred - mean)
+        return mean, np.sqrt(np.maximum(m2 / np.float32(n), 0, out=m2), out=m2)
 
 
 def resolve_settings(metadata: dict, overrides: dict | None = None) -> dict:
@@ -322,7 +344,13 @@ def overlay_image(image, labels, pixel_size_nm=None, databar_row=None) -> np.nda
 def _write_png(path: Path, array: np.ndarray) -> None:
     from PIL import Image
 
-    Image.fromarray(array).save(path, format="PNG")
+    write_with(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+
+
+def _write_tif(path: Path, array: np.ndarray) -> None:
+    import tifffile
+
+    write_with(path, lambda tmp: tifffile.imwrite(tmp, array))
 
 
 def _label_dtype(labels):
@@ -350,6 +378,27 @@ def _ecd_values(table, unit: str) -> np.ndarray:
     return np.sqrt(4 * measurable["area_px"].to_numpy(float) / np.pi)
 
 
+def post_without_pixel_size(post: dict, model_px_nm: float | None) -> tuple[dict, str]:
+    """Post-processing settings for an image without a pixel size, whose ``min_area_nm2`` cannot be converted.
+
+    The minimum area becomes ``min_area_px``: as given in ``post``, else ``min_area_nm2`` at the model's
+    training pixel size (the scale the image is assumed to be at), else :data:`DEFAULT_MIN_AREA_PX`.
+
+    Returns
+    -------
+    (dict, str)
+        ``post`` with ``min_area_px`` set, and a sentence saying which value is used and why.
+    """
+    if post.get("min_area_px") is not None:
+        area, why = int(post["min_area_px"]), "postprocess min_area_px"
+    elif model_px_nm:
+        nm2 = float(post.get("min_area_nm2", 0.0))
+        area, why = int(round(nm2 / float(model_px_nm) ** 2)), f"{nm2:g} nm2 at the model's {model_px_nm:.3g} nm/px"
+    else:
+        area, why = DEFAULT_MIN_AREA_PX, "default; the model records no training pixel size"
+    return {**post, "min_area_px": area}, f"particles smaller than {area} px removed ({why})"
+
+
 def infer(predictor, settings: dict, sample: np.ndarray, pixel_size_nm=None, scale="auto", polarity="auto",
           spread: bool = False) -> dict:
     """One sample area (H x W, in [0, 1]) -> probability and instance labels, the way every user path runs a
@@ -363,10 +412,10 @@ def infer(predictor, settings: dict, sample: np.ndarray, pixel_size_nm=None, sca
     -------
     dict
         ``prob`` (H x W foreground probability), ``labels`` (H x W instances), ``std`` (TTA spread or None),
-        ``spread`` (ensemble spread or None), ``scale_factor``, ``scale_note``, ``polarity``, ``polarity_note``
-        and ``notes`` (warnings for the user).
+        ``spread`` (ensemble spread or None), ``scale_factor``, ``scale_note``, ``polarity``, ``polarity_note``,
+        ``min_area_px`` (the minimum particle area used, on the inference grid) and ``notes`` (warnings for the user).
     """
-    from nanoseg.evaluation import segment
+    from nanoseg.evaluation import min_area_px, segment
     from nanoseg.polarity import resolve_polarity, to_bright
     from nanoseg.postprocess import foreground_probability
     from nanoseg.rescale import resample_image, resize_labels, resize_map, scale_factor
@@ -390,7 +439,14 @@ def infer(predictor, settings: dict, sample: np.ndarray, pixel_size_nm=None, sca
     else:
         prob = predictor.probability(work)
     work_px = pixel_size_nm / factor if pixel_size_nm else None
-    _, labels = segment(prob, settings["threshold"], settings["postprocess"], work_px)
+    post = settings["postprocess"]
+    if not work_px:  # min_area_nm2 cannot be converted: a minimum area in px instead of none at all
+        post, area_note = post_without_pixel_size(post, model_px)
+        if scale_note in notes:  # one sentence about the missing pixel size
+            notes[notes.index(scale_note)] = f"{scale_note}; {area_note}"
+        else:
+            notes.insert(0, f"no pixel size: {area_note}")
+    _, labels = segment(prob, settings["threshold"], post, work_px)
     if prob.ndim == 3:  # instance variant: decoded above; report the foreground probability (and its spread)
         prob, std = foreground_probability(prob), None if std is None else std[..., 0]
     if factor != 1.0:  # back to the input grid: sizes are measured with the input's own pixel size
@@ -399,51 +455,58 @@ def infer(predictor, settings: dict, sample: np.ndarray, pixel_size_nm=None, sca
         std = None if std is None else resize_map(std, sample.shape)
         spread_map = None if spread_map is None else resize_map(spread_map, sample.shape)
     return {"prob": prob, "labels": labels, "std": std, "spread": spread_map, "scale_factor": factor,
-            "scale_note": scale_note, "polarity": pol, "polarity_note": polarity_note, "notes": notes}
+            "scale_note": scale_note, "polarity": pol, "polarity_note": polarity_note,
+            "min_area_px": min_area_px(post, work_px), "notes": notes}
+
+
+def _full(mg, sample_map: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """A map of the sample area placed in a full-frame array (data-bar rows 0)."""
+    full = np.zeros(mg.shape, dtype=dtype)
+    full[: mg.databar_row] = sample_map
+    return full
+
+
+def _read(path, args):
+    """The micrograph and the notes its reading raised (bit depth, missing or implausible pixel size)."""
+    from nanoseg.micrograph import read_micrograph
+
+    notes: list[str] = []  # collected, not warned: no process-wide warning filters (the server runs this in threads)
+    mg = read_micrograph(path, pixel_size=args.pixel_size, databar_row=args.databar_row,
+                         max_pixels=getattr(args, "max_pixels", None), notes=notes)
+    return mg, notes
 
 
 def predict_one(predictor, settings, path, out_dir, args):
-    """Segment and measure one image; write its files; return (table, info)."""
-    import tifffile
-
+    """Segment and measure one image; write its files (atomically); return (table, info)."""
     from nanoseg.measure import particle_table
-    from nanoseg.micrograph import read_micrograph
 
     start = time.perf_counter()
-    notes: list[str] = []  # collected, not warned: no process-wide warning filters (the server runs this in threads)
-    mg = read_micrograph(path, pixel_size=args.pixel_size, databar_row=args.databar_row, notes=notes)
-    sample = mg.sample
-    res = infer(predictor, settings, sample, mg.pixel_size_nm, getattr(args, "scale", "auto"),
+    mg, notes = _read(path, args)
+    res = infer(predictor, settings, mg.sample, mg.pixel_size_nm, getattr(args, "scale", "auto"),
                 getattr(args, "polarity", "auto"), spread=bool(getattr(args, "spread", False)))
     notes += [f"{mg.path.name}: {n}" for n in res["notes"]]
     prob, sample_labels, std, spread, factor = res["prob"], res["labels"], res["std"], res["spread"], res["scale_factor"]
-    labels = np.zeros(mg.shape, dtype=_label_dtype(sample_labels))
-    labels[: mg.databar_row] = sample_labels
-    full_prob = np.zeros(mg.shape, dtype=np.float32)
-    full_prob[: mg.databar_row] = prob
+    labels = _full(mg, sample_labels, _label_dtype(sample_labels))
     stem = mg.path.stem
     _write_png(out_dir / f"{stem}_mask.png", np.where(labels > 0, 255, 0).astype(np.uint8))
-    tifffile.imwrite(out_dir / f"{stem}_labels.tif", labels)
+    _write_tif(out_dir / f"{stem}_labels.tif", labels)
     _write_png(out_dir / f"{stem}_overlay.png", overlay_image(mg.pixels, labels, mg.pixel_size_nm, mg.databar_row))
     if std is not None:
-        full_std = np.zeros(mg.shape, dtype=np.float32)
-        full_std[: mg.databar_row] = std
-        tifffile.imwrite(out_dir / f"{stem}_uncertainty.tif", full_std)
+        _write_tif(out_dir / f"{stem}_uncertainty.tif", _full(mg, std))
     if spread is not None:
-        full_spread = np.zeros(mg.shape, dtype=np.float32)
-        full_spread[: mg.databar_row] = spread
-        tifffile.imwrite(out_dir / f"{stem}_spread.tif", full_spread)
-    table = particle_table(labels.astype(np.int32), mg.pixel_size_nm, full_prob, mg.path.name, mg.databar_row)
+        _write_tif(out_dir / f"{stem}_spread.tif", _full(mg, spread))
+    table = particle_table(labels.astype(np.int32), mg.pixel_size_nm, _full(mg, prob), mg.path.name, mg.databar_row)
     table["inference_zoom"] = factor
     if getattr(args, "roi", False):
         from nanoseg.rois import write_rois
 
         write_rois(out_dir / f"{stem}_rois.zip", labels, table)
     info = {"image": mg.path.name, "path": str(mg.path), "width": mg.width, "height": mg.height,
+            "source_dtype": mg.source_dtype,
             "pixel_size_nm": mg.pixel_size_nm, "pixel_size_source": mg.pixel_size_source,
             "databar_row": mg.databar_row, "unit": table.attrs.get("unit"), "particles": int(len(table)),
             "scale_factor": factor, "scale_note": res["scale_note"], "polarity": res["polarity"],
-            "polarity_note": res["polarity_note"],
+            "polarity_note": res["polarity_note"], "min_area_px": res["min_area_px"],
             "measurable": int(table["measurable"].sum()) if len(table) else 0,
             "foreground_fraction": float((sample_labels > 0).mean()),
             "mean_uncertainty": None if std is None else float(std.mean()),
@@ -452,52 +515,139 @@ def predict_one(predictor, settings, path, out_dir, args):
     return table, info
 
 
-def _replace_folder(tmp: Path, out: Path) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp/mkstemp create private (0700/0600) entries
-    for f in tmp.iterdir():
-        os.chmod(f, 0o666 & ~umask)
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
-def predict_command(args) -> int:
-    """``nanoseg predict IMAGES... --model M --out DIR [--overwrite] [--pixel-size X] [--databar-row N] [--tta]``.
-
-    See the module docstring for the files written. Post-processing settings
-    come from the model's ``nanoseg.json`` (never from a params.yaml in the working folder).
-    """
-    import pandas as pd
-    from tqdm import tqdm
-
-    from nanoseg import __version__
-    from nanoseg.distribution import plot_psd, size_distribution
-
-    paths = [Path(p) for p in args.images]
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise NanosegError(f"{out}: exists and is not a folder; choose another --out.")
-    if out.exists() and not getattr(args, "overwrite", False):
-        raise NanosegError(f"{out}: output folder already exists; pass --overwrite to replace it or choose another --out.")
-    stems = [p.stem for p in paths]
-    dupes = sorted({s for s in stems if stems.count(s) > 1})
-    if dupes:
-        raise NanosegError(f"several input images are named {dupes}; their outputs would overwrite each other. "
-                           "Predict them in separate runs (different --out).")
-    for p in paths:
-        if not p.is_file():
-            raise NanosegError(f"{p}: image not found; check the path.")
+def _check_arguments(args) -> list[Path]:
+    """Everything that can be checked without the model and without decoding an image; parsed values are
+    stored back into ``args``. Returns the input paths."""
+    from nanoseg.micrograph import image_options
+    from nanoseg.outputs import duplicate_stems
     from nanoseg.polarity import parse_polarity
     from nanoseg.rescale import parse_scale
 
+    paths = [Path(p) for p in args.images]
+    args.pixel_size, args.databar_row, args.max_pixels = image_options(args)
     args.scale = parse_scale(getattr(args, "scale", "auto"))
     args.polarity = parse_polarity(getattr(args, "polarity", "auto"))
+    check_replaceable(Path(args.out), paths, bool(getattr(args, "overwrite", False)))
+    dupes = duplicate_stems(paths)
+    if dupes:
+        raise NanosegError(f"several input images are named {dupes}; their outputs would overwrite each other. "
+                           "Predict them in separate runs (different --out).")
+    return paths
+
+
+def _report_failure(failures: list, path: Path, exc: BaseException, many: bool) -> None:
+    from tqdm import tqdm
+
+    from nanoseg.micrograph import one_line
+
+    if isinstance(exc, MemoryError):
+        message = f"{path}: not enough memory to analyse this image; lower --max-pixels or split the image."
+    elif isinstance(exc, NanosegError):
+        message = one_line(exc)
+    else:  # a bug or an unforeseen file: the other images are still analysed
+        message = f"{path}: unexpected error ({type(exc).__name__}: {one_line(exc)}); please report it with the file."
+    failures.append({"image": path.name, "path": str(path), "error": message})
+    if many:
+        tqdm.write(f"nanoseg: error: {message}", file=sys.stderr)
+
+
+def _probe_all(paths: list[Path], max_pixels: int, failures: list) -> list[Path]:
+    """The inputs whose header passes :func:`nanoseg.micrograph.probe_image`; the others go to ``failures``."""
+    from nanoseg.micrograph import probe_image
+
+    good = []
+    for path in paths:
+        try:
+            probe_image(path, max_pixels)
+            good.append(path)
+        except NanosegError as exc:
+            _report_failure(failures, path, exc, len(paths) > 1)
+    return good
+
+
+def _none_left(paths: list[Path], failures: list) -> NanosegError:
+    if len(paths) == 1:
+        return NanosegError(failures[0]["error"])
+    return NanosegError(f"none of the {len(paths)} images could be analysed (see the errors above); nothing was "
+                        "written.")
+
+
+def _analyse_all(predictor, settings, paths, tmp: Path, args, failures: list, many: bool):
+    from tqdm import tqdm
+
+    tables, infos = [], []
+    for path in tqdm(paths, desc="nanoseg predict", unit="image"):
+        try:
+            table, info = predict_one(predictor, settings, path, tmp, args)
+        except Exception as exc:  # noqa: BLE001 - one bad image does not stop the others (MemoryError included)
+            for suffix in IMAGE_OUTPUTS:  # what it wrote before failing
+                (tmp / f"{path.stem}{suffix}").unlink(missing_ok=True)
+            _report_failure(failures, path, exc, many)
+            continue
+        for note in info["notes"]:
+            tqdm.write(f"nanoseg: warning: {note}", file=sys.stderr)
+        tables.append(table)
+        infos.append(info)
+    return tables, infos
+
+
+def _write_run_files(tmp: Path, tables, infos, failures, settings, args) -> dict:
+    import pandas as pd
+
+    from nanoseg import __version__
+    from nanoseg.distribution import plot_psd, size_distribution
+    from nanoseg.outputs import write_marker
+
+    unit = "nm" if all(i["pixel_size_nm"] for i in infos) else "px"
+    particles = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    write_with(tmp / "particles.csv", lambda f: particles.to_csv(f, index=False))
+    ecd = np.concatenate([_ecd_values(t, unit) for t in tables])
+    plot_psd({"ECD (measurable particles)": ecd}, tmp / "psd.png", unit=unit,
+             title=f"{len(ecd)} measurable particles in {len(infos)} image(s)")
+    summary = {
+        "nanoseg_version": __version__, "model": str(args.model), "variant": settings.get("variant"),
+        "model_run_id": settings.get("mlflow_run_id"), "threshold": settings["threshold"],
+        "postprocess": settings["postprocess"], "tile": settings["tile"], "overlap": settings["overlap"],
+        "tta": settings["tta"], "unit": unit, "scale": str(getattr(args, "scale", "auto")),
+        "polarity": getattr(args, "polarity", "auto"),
+        "model_pixel_size_nm": (settings.get("training_scale") or {}).get("pixel_size_nm"),
+        "unit_note": "sizes in nm" if unit == "nm" else
+        "sizes in px: no pixel size for at least one image (give --pixel-size to measure in nm)",
+        "n_images": len(infos), "n_particles": int(sum(i["particles"] for i in infos)),
+        "n_measurable": int(len(ecd)), "n_failed": len(failures),
+        "ecd_distribution": size_distribution(ecd, unit=unit),
+        "images": infos, "failed": failures,
+    }
+    write_json(tmp / "summary.json", _jsonable(summary))
+    write_marker(tmp, "nanoseg predict", __version__)
+    return summary
+
+
+def predict_command(args) -> int:
+    """``nanoseg predict IMAGES... --model M --out DIR [--overwrite] [--pixel-size X] [--databar-row N] [--tta]
+    [--max-pixels N]``.
+
+    See the module docstring for the files written. Post-processing settings
+    come from the model's ``nanoseg.json`` (never from a params.yaml in the working folder).
+    Arguments and image headers are checked before the model is loaded.
+
+    Returns
+    -------
+    int
+        0 when every image was analysed; 1 when some were skipped (listed on stderr and in
+        ``summary.json`` ``failed``).
+
+    Raises
+    ------
+    NanosegError
+        For bad arguments, an output folder that must not be replaced, or when no image could be analysed
+        (nothing is written then).
+    """
+    paths = _check_arguments(args)
+    out, many, failures = Path(args.out), len(paths) > 1, []
+    readable = _probe_all(paths, args.max_pixels, failures)
+    if not readable:
+        raise _none_left(paths, failures)
     predictor, settings = load_predictor(args.model, tta=True if getattr(args, "tta", False) else None)
     if getattr(args, "spread", False) and not predictor.members:
         raise NanosegError(f"{args.model}: --spread needs an ensemble model (train.candidate: ensemble); this one is "
@@ -505,37 +655,20 @@ def predict_command(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        tables, infos = [], []
-        for path in tqdm(paths, desc="nanoseg predict", unit="image"):
-            table, info = predict_one(predictor, settings, path, tmp, args)
-            for note in info["notes"]:
-                tqdm.write(f"nanoseg: warning: {note}")
-            tables.append(table)
-            infos.append(info)
-        unit = "nm" if all(i["pixel_size_nm"] for i in infos) else "px"
-        particles = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-        particles.to_csv(tmp / "particles.csv", index=False)
-        ecd = np.concatenate([_ecd_values(t, unit) for t in tables])
-        plot_psd({"ECD (measurable particles)": ecd}, tmp / "psd.png", unit=unit,
-                 title=f"{len(ecd)} measurable particles in {len(paths)} image(s)")
-        summary = {
-            "nanoseg_version": __version__, "model": str(args.model), "variant": settings.get("variant"),
-            "model_run_id": settings.get("mlflow_run_id"), "threshold": settings["threshold"],
-            "postprocess": settings["postprocess"], "tile": settings["tile"], "overlap": settings["overlap"],
-            "tta": settings["tta"], "unit": unit, "scale": str(getattr(args, "scale", "auto")),
-            "polarity": getattr(args, "polarity", "auto"),
-            "model_pixel_size_nm": (settings.get("training_scale") or {}).get("pixel_size_nm"),
-            "unit_note": "sizes in nm" if unit == "nm" else
-            "sizes in px: no pixel size for at least one image (give --pixel-size to measure in nm)",
-            "n_images": len(infos), "n_particles": int(sum(i["particles"] for i in infos)),
-            "n_measurable": int(len(ecd)),
-            "ecd_distribution": size_distribution(ecd, unit=unit),
-            "images": infos,
-        }
-        (tmp / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
-        _replace_folder(tmp, out)
+        tables, infos = _analyse_all(predictor, settings, readable, tmp, args, failures, many)
+        if not infos:
+            raise _none_left(paths, failures)
+        order = {str(p): i for i, p in enumerate(paths)}
+        failures.sort(key=lambda f: order[f["path"]])  # in the order given
+        summary = _write_run_files(tmp, tables, infos, failures, settings, args)
+        check_replaceable(out, paths, bool(getattr(args, "overwrite", False)))  # still ours after the run?
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     print(f"{len(infos)} image(s), {summary['n_particles']} particles ({summary['n_measurable']} measurable) -> {out}/")
+    if failures:
+        print(f"nanoseg: {len(failures)} of {len(paths)} images failed and were skipped: "
+              f"{', '.join(f['image'] for f in failures)} (summary.json: failed)", file=sys.stderr)
+        return 1
     return 0

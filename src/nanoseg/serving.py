@@ -298,34 +298,63 @@ def _error_message(text: str) -> str:
 
 
 def request_command(args) -> int:
-    """``nanoseg request --url URL IMAGE... [--pixel-size X] [--out DIR]``: print each image's summary as JSON."""
+    """``nanoseg request --url URL IMAGE... [--pixel-size X] [--out DIR [--overwrite]]``: print each image's
+    summary as JSON; with ``--out`` also save the masks, labels and particles (never over earlier answers
+    unless ``--overwrite``, never two images with the same stem: checked before anything is sent)."""
     from nanoseg.micrograph import parse_pixel_size
+    from nanoseg.outputs import check_answer_files
 
     for p in args.images:
         if not Path(p).is_file():
             raise NanosegError(f"{p}: no such image file; check the path.")
     px = parse_pixel_size(args.pixel_size) if getattr(args, "pixel_size", None) else None
     out = Path(args.out) if getattr(args, "out", None) else None
+    overwrite = bool(getattr(args, "overwrite", False))
+    if out is not None:
+        check_answer_files(out, args.images, overwrite)
     reply = post(args.url, make_request(args.images, px, return_images=out is not None))
     results = reply.get("predictions", reply) if isinstance(reply, dict) else reply
     if out is not None:
-        save_answers(results, out)
+        save_answers(results, out, overwrite=overwrite, names=[Path(p).name for p in args.images])
     summary = [{"name": r["name"], "unit": r["unit"], "pixel_size_nm": r["pixel_size_nm"], **r["summary"]}
                for r in results]
     print(json.dumps(summary, indent=2))
     return 0
 
 
-def save_answers(results: list[dict], out: Path) -> None:
-    """Write ``<stem>_mask.png``, ``<stem>_labels.tif`` and ``particles.csv`` of the answers to ``out``."""
+def save_answers(results: list[dict], out: Path, overwrite: bool = False, names: list[str] | None = None) -> None:
+    """Write ``<stem>_mask.png``, ``<stem>_labels.tif`` and ``particles.csv`` of the answers to ``out``, each
+    file atomically.
+
+    Parameters
+    ----------
+    results : list of dict
+        The server's answers, in the order of the images sent.
+    out : Path
+        Folder, created if needed.
+    overwrite : bool
+        Replace files that exist already (otherwise refused, before anything is written).
+    names : list of str, optional
+        The images' own file names (default: the names in the answers); they name the files.
+
+    Raises
+    ------
+    NanosegError
+        Two images with the same stem, or existing files without ``overwrite`` (:func:`nanoseg.outputs.check_answer_files`).
+    """
     import pandas as pd
 
+    from nanoseg.atomic import write_bytes, write_with
+    from nanoseg.outputs import check_answer_files
+
+    names = list(names) if names is not None else [r["name"] for r in results]
+    check_answer_files(out, names, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for r in results:
-        stem = Path(r["name"]).stem
+    for name, r in zip(names, results):
+        stem = Path(name).stem
         if r.get("mask_png"):
-            (out / f"{stem}_mask.png").write_bytes(base64.b64decode(r["mask_png"]))
-            (out / f"{stem}_labels.tif").write_bytes(base64.b64decode(r["labels_tif"]))
+            write_bytes(out / f"{stem}_mask.png", base64.b64decode(r["mask_png"]))
+            write_bytes(out / f"{stem}_labels.tif", base64.b64decode(r["labels_tif"]))
         rows += r["particles"]
-    pd.DataFrame(rows).to_csv(out / "particles.csv", index=False)
+    write_with(out / "particles.csv", lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))

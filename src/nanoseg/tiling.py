@@ -7,6 +7,10 @@ of ``tile x tile`` (or ``rows x cols`` for a tuple) cover the padded image with 
 shared between neighbours; their predictions are averaged with a smooth
 window (raised cosine ramps over ``overlap`` pixels at each edge) that hides
 seams. Pure numpy: the network is passed in as a ``predict_batch`` callable.
+
+Memory: the weighted sums are float32 (float64 accumulators doubled the memory of large images:
+about 10 GB for a 20000 x 20000 image); a prediction with C channels needs about 2 C + 2 float32
+copies of the image at its peak (padded image, sums, weights, result).
 """
 
 from __future__ import annotations
@@ -136,12 +140,13 @@ def predict_tiled(predict_batch, image, tile=512, overlap=64, batch=4) -> np.nda
         if pred.shape[:3] != (len(group), t_rows, t_cols):
             raise ValueError(f"predict_batch returned shape {pred.shape} for input {tiles.shape}")
         if total is None:
-            total = np.zeros((*padded.shape, pred.shape[3]), dtype=np.float64)
-            weight_sum = np.zeros(padded.shape, dtype=np.float64)
+            total = np.zeros((*padded.shape, pred.shape[3]), dtype=np.float32)
+            weight_sum = np.zeros(padded.shape, dtype=np.float32)
         for (r, c), p in zip(group, pred):
             total[r:r + t_rows, c:c + t_cols] += weights[..., None] * p
             weight_sum[r:r + t_rows, c:c + t_cols] += weights
+    del padded
     top, left = overlap // 2, overlap // 2
     crop = (slice(top, top + height), slice(left, left + width))
-    out = (total[crop] / weight_sum[crop][..., None]).astype(np.float32)
+    out = np.divide(total[crop], weight_sum[crop][..., None], dtype=np.float32)
     return out[..., 0] if squeeze and out.shape[2] == 1 else out

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nanoseg.atomic import write_with
 from nanoseg.config import resolve
 from nanoseg.errors import NanosegError
 
@@ -259,5 +260,4 @@ def save_history_csv(history: dict, path: str | Path) -> Path:
     df.insert(0, "epoch", np.arange(1, len(df) + 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(path, index=False)
-    return path
+    return write_with(path, lambda tmp: df.to_csv(tmp, index=False))

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import yaml
 
+from nanoseg.atomic import atomic_path, write_text
 from nanoseg.config import load_params, resolve, store_root
 from nanoseg.errors import NanosegError
 
@@ -313,10 +314,7 @@ def write_best(best: dict, path: str | os.PathLike, storage: str) -> Path:
     head = (f"# Best trial of Optuna study {best['study']!r} ({_safe(storage)}):\n"
             f"# mean validation clean F1@0.5 {best['value']:.4f}. Written by `nanoseg tune`; params.yaml is unchanged.\n"
             f"# Train with it:  {best['command']}\n")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(head + yaml.safe_dump(best, sort_keys=False))
-    tmp.replace(path)
-    return path
+    return write_text(path, head + yaml.safe_dump(best, sort_keys=False))
 
 
 def save_plots(study, folder: str | os.PathLike) -> list[Path]:
@@ -342,7 +340,8 @@ def save_plots(study, folder: str | os.PathLike) -> list[Path]:
                 ax = plot(study)
             fig = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
             fig.set_size_inches(max(fig.get_size_inches()[0], 7), max(fig.get_size_inches()[1], 5))
-            fig.savefig(folder / f"{name}.png", dpi=110, bbox_inches="tight")
+            with atomic_path(folder / f"{name}.png") as tmp:
+                fig.savefig(tmp, dpi=110, bbox_inches="tight")
             out.append(folder / f"{name}.png")
         except (ValueError, RuntimeError, ZeroDivisionError, IndexError, optuna.exceptions.OptunaError) as exc:
             print(f"tune: plot {name} skipped ({str(exc).splitlines()[0][:120] or type(exc).__name__})")

@@ -9,12 +9,12 @@ report. A failing expectation names the files and the checks that failed.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pandas as pd
 
+from nanoseg.atomic import write_json, write_text
 from nanoseg.errors import NanosegError
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -130,13 +130,13 @@ def run_gate(manifest: pd.DataFrame, split: dict, params: dict, out_dir: str | o
     success, result, problems = validate_manifest(manifest, split, params)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_json(out / "result.json", result, default=str)
     n = len(result["results"])
     n_ok = sum(r["success"] for r in result["results"])
     lines = [f"# Data validation: {'passed' if success else 'FAILED'}", "",
              f"{n_ok} of {n} expectations met over {len(manifest)} images.", ""]
     lines += [f"- {p}" for p in problems]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "report.md", "\n".join(lines) + "\n")
     if not success:
         raise NanosegError(
             "data validation failed (report: " + str(out / "report.md") + "):\n  - " + "\n  - ".join(problems)

@@ -1,7 +1,6 @@
 """Stage ``cv``: K-fold cross-validation of the model, every fold a nested MLflow run."""
 
-import json
-
+from nanoseg.atomic import write_json
 from nanoseg.config import load_params, resolve
 from nanoseg.crossval import run_cv
 from nanoseg.dataset import read_prepared
@@ -14,7 +13,7 @@ def command(args=None) -> int:
     cv = run_cv(params, manifest, split, resolve(params, "cv"))
     out = resolve(params, "metrics/cv.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(cv, indent=2) + "\n")
+    write_json(out, cv)
     print(f"cv: Dice {cv['dice_mean']:.3f} ± {cv['dice_std']:.3f}, IoU {cv['iou_mean']:.3f} ± {cv['iou_std']:.3f}, "
           f"threshold {cv['threshold']:.2f} -> metrics/cv.json")
     return 0

@@ -9,8 +9,7 @@ each image with its own pixel size, beside the Otsu baselines. Writes ``metrics/
 overlays to ``plots/test/``; logs an MLflow run ``evaluate-<label>-<profile>``.
 """
 
-import json
-
+from nanoseg.atomic import write_json
 from nanoseg.config import load_params, resolve
 from nanoseg.dataset import read_prepared
 from nanoseg.errors import report_errors
@@ -45,7 +44,7 @@ def command(args=None) -> int:
               "split_fingerprint": split_fingerprint(split)}
     out = resolve(params, "metrics/test.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     tracking.setup(params=params)
     variant = meta.get("variant", params["model"]["variant"])
     label = f"{variant}-{head}" if head else variant

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 
+from nanoseg.atomic import write_json
 from nanoseg.config import load_params, resolve
 from nanoseg.errors import NanosegError, report_errors
 
@@ -237,9 +238,7 @@ def publish(params: dict) -> dict:
               "model_uri": f"models:/{name}/{version}", "run_id": run.info.run_id}
     out = resolve(params, OUT)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    tmp.replace(out)
+    write_json(out, record, default=str)
     return record
 
 

@@ -17,6 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
+from nanoseg.atomic import copy_file, write_json
 from nanoseg.config import load_params, resolve
 from nanoseg.dataset import load_rows, read_prepared
 from nanoseg.errors import NanosegError, report_errors
@@ -88,7 +89,7 @@ def _copy_member_curves(cv_dir: Path, folds, plots: Path) -> None:
     for k in folds:
         curve = Path(cv_dir) / f"fold_{k}" / "learning_curves.png"
         if curve.is_file():
-            shutil.copyfile(curve, plots / f"fold_{k}_learning_curves.png")
+            copy_file(curve, plots / f"fold_{k}_learning_curves.png")
 
 
 def command(args=None) -> int:
@@ -132,7 +133,7 @@ def command(args=None) -> int:
         else:
             meta = train_final(params, manifest, split, cv, out, run.info.run_id)
             meta.update(common)
-            (out / "nanoseg.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+            write_json(out / "nanoseg.json", meta, default=str)
         tracking.log_dict(meta, "nanoseg.json")
     gc.collect()
     print(f"train: candidate {candidate!r} -> {OUT}/ ({time.monotonic() - start:.0f} s, MLflow run {run.info.run_id})")
