@@ -108,7 +108,8 @@ def truth_labels(mask: np.ndarray) -> np.ndarray:
     return label(np.asarray(mask, bool), connectivity=1).astype(np.int32)
 
 
-def score(truths, probs, labels_list, pixel_size_nm=None, class_masks=None, threshold=0.5) -> dict:
+def score(truths, probs, labels_list, pixel_size_nm=None, class_masks=None, threshold=0.5,
+          clean_min_px: int | None = None) -> dict:
     """Pixel and instance metrics pooled over images, with the error classes of :mod:`nanoseg.error_analysis`.
 
     Parameters
@@ -120,14 +121,21 @@ def score(truths, probs, labels_list, pixel_size_nm=None, class_masks=None, thre
     pixel_size_nm : float, list of float (one per image) or None
     class_masks : list of arrays or None
         Ground-truth measurable particles; predicted measurable = not touching the border.
+    clean_min_px : int, optional
+        Smallest instance of the ``clean`` subset (default :data:`nanoseg.metrics.CLEAN_MIN_PX`; an image
+        zoomed by ``z`` keeps the same particles with ``20 z**2``).
     """
+    from nanoseg.metrics import CLEAN_MIN_PX
+
+    clean_min_px = CLEAN_MIN_PX if clean_min_px is None else int(clean_min_px)
     out = pixel_metrics(truths, [foreground_probability(p) for p in probs], threshold=threshold)
     gts = [truth_labels(t) for t in truths]
     gm = [cm for cm in class_masks] if class_masks is not None else None
     pm = ["border"] * len(gts) if class_masks is not None else None
-    inst = instance_metrics(gts, labels_list, pixel_size_nm=pixel_size_nm, gt_measurable=gm, pred_measurable=pm)
+    inst = instance_metrics(gts, labels_list, pixel_size_nm=pixel_size_nm, gt_measurable=gm, pred_measurable=pm,
+                            clean_min_px=clean_min_px)
     out.update(inst)
-    out.update(error_summary(gts, list(labels_list)))
+    out.update(error_summary(gts, list(labels_list), clean_min_px))
     return out
 
 

@@ -52,10 +52,12 @@ def load_test(params: dict, manifest, split: dict, stems=None) -> HeldOut:
     return HeldOut(stems, images, masks, _class_masks(manifest, stems, root, rows), pixel_sizes(manifest, stems))
 
 
-def score_model(folder, test: HeldOut, batch: int | None = None, scale="auto", polarity="auto") -> dict:
+def score_model(folder, test: HeldOut, batch: int | None = None, scale="auto", polarity="auto",
+                clean_min_px: int | None = None) -> dict:
     """Score the model in ``folder`` on ``test`` with its own settings (as ``nanoseg predict`` runs it).
 
-    ``scale`` and ``polarity`` are ``nanoseg predict``'s ``--scale`` and ``--polarity`` (default auto).
+    ``scale`` and ``polarity`` are ``nanoseg predict``'s ``--scale`` and ``--polarity`` (default auto);
+    ``clean_min_px`` the smallest ``clean`` instance (:func:`nanoseg.evaluation.score`).
 
     Returns
     -------
@@ -77,7 +79,7 @@ def score_model(folder, test: HeldOut, batch: int | None = None, scale="auto", p
         segs.append((res["labels"] > 0, res["labels"]))
     seconds = (time.perf_counter() - start) / max(1, len(test.images))
     scores = score(test.masks, probs, [lab for _, lab in segs], test.pixel_sizes, test.class_masks,
-                   threshold=threshold)
+                   threshold=threshold, clean_min_px=clean_min_px)
     meta = {k: v for k, v in settings.items() if k not in ("model_folder",)}
     return {"scores": scores, "segs": segs, "settings": {"threshold": threshold, "postprocess": post,
                                                           "tile": settings["tile"], "overlap": settings["overlap"]},
