@@ -47,7 +47,6 @@ import secrets
 import socket
 import tempfile
 import threading
-import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,11 +292,10 @@ class Workspace:
 
     def _ecd(self) -> tuple[np.ndarray, str]:
         """The ECDs of the measurable particles of all images and their unit, as predict pools them."""
-        from nanoseg.predict import _ecd_values  # predict's own pooling (nm only if every image has a pixel size)
+        from nanoseg.predict import pooled_ecd
 
         images = self.images
-        unit = "nm" if all(im.info["pixel_size_nm"] for im in images) else "px"
-        return np.concatenate([np.zeros(0), *(_ecd_values(im.table, unit) for im in images)]), unit
+        return pooled_ecd([im.table for im in images], [im.info for im in images])
 
     def distribution(self) -> dict:
         """predict's ``ecd_distribution`` (:func:`nanoseg.distribution.size_distribution`) of the page,
@@ -376,9 +374,7 @@ def _view_png(path: Path, pixel_size) -> bytes:
     from nanoseg.micrograph import read_micrograph
     from nanoseg.predict import overlay_image
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mg = read_micrograph(path, pixel_size=pixel_size)
+    mg = read_micrograph(path, pixel_size=pixel_size, notes=[])  # (predict_one reported its notes)
     picture = overlay_image(mg.pixels, np.zeros(mg.shape, np.uint8), mg.pixel_size_nm, mg.databar_row)
     buf = io.BytesIO()
     Image.fromarray(picture).save(buf, format="PNG")

@@ -22,6 +22,13 @@ _NAMED_SECRET = re.compile(r"(?i)\b(?P<name>aws_secret_access_key|aws_session_to
                            r"|x-amz-(?:signature|credential|security-token))(?P<sep>\s*[=:]\s*)(?P<value>[^\s&,;'\"]+)")
 
 
+def one_line(text, limit: int | None = None) -> str:
+    """``text`` (an error, a value) on one line: runs of whitespace and control characters become one
+    space; at most ``limit`` characters (``...`` at the end) when given."""
+    text = re.sub(r"[\s\x00-\x1f\x7f]+", " ", str(text)).strip()
+    return text if limit is None or len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
 class NanosegError(Exception):
     """An error the user can fix; its message is shown as is (secrets masked)."""
 

@@ -50,13 +50,13 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from nanoseg.errors import NanosegError
+from nanoseg.errors import NanosegError, one_line
 from nanoseg.layout import TIFF_MAGIC, check_layout, image_layout, max_pixels_limit
 
 __all__ = [
     "Micrograph", "MicrographWarning", "PixelSizeWarning", "BitDepthWarning", "read_micrograph",
     "parse_pixel_size", "parse_databar_row", "pixel_size_from_tiff", "detect_databar", "read_image_array",
-    "read_mask", "probe_image", "effective_bits", "image_options", "one_line", "info_command",
+    "read_mask", "probe_image", "effective_bits", "image_options", "info_command",
     "RESOLUTION_RANGE_NM", "quiet_tifffile",
 ]
 
@@ -814,17 +814,10 @@ def image_options(args) -> tuple[float | None, int | str | None, int]:
             max_pixels_limit(getattr(args, "max_pixels", None)))
 
 
-def one_line(exc: BaseException) -> str:
-    """An error message on one line (for reports of skipped files)."""
-    return " ".join(str(exc).split())
-
-
 def _info_item(path, pixel_size, databar_row, max_pixels) -> dict:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", MicrographWarning)
-        item = _summary(read_micrograph(path, pixel_size, databar_row, max_pixels))
-    item["notes"] = [str(w.message).replace(f"{path}: ", "", 1) for w in caught
-                     if issubclass(w.category, MicrographWarning)]
+    notes: list[str] = []
+    item = _summary(read_micrograph(path, pixel_size, databar_row, max_pixels, notes=notes))
+    item["notes"] = [n.replace(f"{path}: ", "", 1) for n in notes]
     return item
 
 

@@ -2,8 +2,8 @@
 
 The request codec shared by the server (:mod:`nanoseg.serving`, :mod:`nanoseg.pyfunc`), the client
 (``nanoseg request``) and the model's signature (:func:`nanoseg.tracking.pyfunc_signature`). It imports
-no MLflow and no TensorFlow, and of nanoseg only :mod:`nanoseg.errors` (lazily also the size statistics
-of :mod:`nanoseg.distribution` and the quiet TIFF reading of :mod:`nanoseg.micrograph`): the layers
+no MLflow and no TensorFlow, and of nanoseg only :mod:`nanoseg.errors` and the header reading of
+:mod:`nanoseg.layout` (lazily also the size statistics of :mod:`nanoseg.distribution`): the layers
 above (predict, tracking, serving) import it, never the other way round.
 
 Request (``POST /invocations``, ``Content-Type: application/json``), one record per image::
@@ -53,7 +53,9 @@ from pathlib import Path
 
 import numpy as np
 
+from nanoseg import errors
 from nanoseg.errors import NanosegError
+from nanoseg.layout import PNG_MAGIC, TIFF_MAGIC, image_layout
 
 MAX_PIXELS = 4096 * 4096      # largest image accepted (pixels); model_config "max_pixels" overrides
 MAX_IMAGE_BYTES = 64 << 20    # largest encoded image file
@@ -64,7 +66,6 @@ SUMMARY_FIELDS = {"n_particles": "long", "n_measurable": "long", "foreground_fra
                   "median_ecd": "double", "mean_ecd": "double", "gsd_ecd": "double", "d10_ecd": "double",
                   "d90_ecd": "double", "median_ecd_ci_low": "double", "median_ecd_ci_high": "double",
                   "median_feret_min": "double"}
-_PNG = b"\x89PNG\r\n\x1a\n"
 
 
 class RequestError(NanosegError):
@@ -76,9 +77,8 @@ class ServerBusy(NanosegError):
 
 
 def one_line(text, limit: int = 400) -> str:
-    """``text`` on one line (control characters as spaces), at most ``limit`` characters."""
-    text = re.sub(r"[\x00-\x1f\x7f]+", " ", str(text)).strip()
-    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+    """``text`` on one line, at most ``limit`` characters (:func:`nanoseg.errors.one_line`)."""
+    return errors.one_line(text, limit)
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -235,8 +235,6 @@ def image_size(data: bytes) -> tuple[int, int] | None:
     run in threads): a planar RGB TIFF page (3 x H x W) is H x W, a PNG's size comes from its header even
     when it is a decompression bomb.
     """
-    from nanoseg.layout import image_layout
-
     try:
         layout = image_layout(data)
     except NanosegError:  # a bomb whose size only Pillow knew
@@ -245,7 +243,7 @@ def image_size(data: bytes) -> tuple[int, int] | None:
 
 
 def _suffix(data: bytes) -> str:
-    return ".tif" if data[:2] in (b"II", b"MM") else ".png" if data[:8] == _PNG else ".img"
+    return ".tif" if data[:4] in TIFF_MAGIC else ".png" if data[:8] == PNG_MAGIC else ".img"
 
 
 def read_upload(record: dict, index: int, max_pixels: int = MAX_PIXELS) -> tuple[bytes, str, str]:
@@ -256,8 +254,6 @@ def read_upload(record: dict, index: int, max_pixels: int = MAX_PIXELS) -> tuple
     name = Path(name or "").name
     label = f"image {index + 1}" + (f" ({one_line(name, 80)})" if name else "")
     data = decode_image(record.get("image"), label)
-    from nanoseg.layout import image_layout
-
     try:
         layout = image_layout(data, label)
     except NanosegError as exc:  # a decompression bomb

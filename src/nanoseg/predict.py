@@ -60,7 +60,7 @@ DEFAULTS = {"tile": 512, "overlap": 64, "batch": 4, "threshold": 0.5, "min_area_
 DEFAULT_MIN_AREA_PX = 4
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
 #: the files ``nanoseg predict`` writes per image, after its stem
-IMAGE_OUTPUTS = ("_mask.png", "_labels.tif", "_overlay.png", "_uncertainty.tif", "_spread.tif")
+IMAGE_OUTPUTS = ("_mask.png", "_labels.tif", "_overlay.png", "_uncertainty.tif", "_spread.tif", "_rois.zip")
 
 
 class Predictor:
@@ -378,6 +378,13 @@ def _ecd_values(table, unit: str) -> np.ndarray:
     return np.sqrt(4 * measurable["area_px"].to_numpy(float) / np.pi)
 
 
+def pooled_ecd(tables, infos) -> tuple[np.ndarray, str]:
+    """The ECDs of the measurable particles of several images and their unit: nm when every image has a
+    pixel size, else px (``nanoseg predict``'s summary and psd.png, the app's PSD)."""
+    unit = "nm" if all(i["pixel_size_nm"] for i in infos) else "px"
+    return np.concatenate([np.zeros(0), *(_ecd_values(t, unit) for t in tables)]), unit
+
+
 def post_without_pixel_size(post: dict, model_px_nm: float | None) -> tuple[dict, str]:
     """Post-processing settings for an image without a pixel size, whose ``min_area_nm2`` cannot be converted.
 
@@ -538,7 +545,7 @@ def _check_arguments(args) -> list[Path]:
 def _report_failure(failures: list, path: Path, exc: BaseException, many: bool) -> None:
     from tqdm import tqdm
 
-    from nanoseg.micrograph import one_line
+    from nanoseg.errors import one_line
 
     if isinstance(exc, MemoryError):
         message = f"{path}: not enough memory to analyse this image; lower --max-pixels or split the image."
@@ -598,10 +605,9 @@ def _write_run_files(tmp: Path, tables, infos, failures, settings, args) -> dict
     from nanoseg.distribution import plot_psd, size_distribution
     from nanoseg.outputs import write_marker
 
-    unit = "nm" if all(i["pixel_size_nm"] for i in infos) else "px"
+    ecd, unit = pooled_ecd(tables, infos)
     particles = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     write_with(tmp / "particles.csv", lambda f: particles.to_csv(f, index=False))
-    ecd = np.concatenate([_ecd_values(t, unit) for t in tables])
     plot_psd({"ECD (measurable particles)": ecd}, tmp / "psd.png", unit=unit,
              title=f"{len(ecd)} measurable particles in {len(infos)} image(s)")
     summary = {
