@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ui_screenshot import DevTools, _free_port, find_browser  # noqa: E402
 
 from nanoseg.errors import NanosegError, report_errors  # noqa: E402
-from nanoseg.serving import stop_process_group  # noqa: E402
+from nanoseg.serving.service import stop_process_group  # noqa: E402
 
 
 class AppServer:
@@ -163,7 +163,7 @@ def click_largest_particle(page: Page, card: int = 0) -> int:
 
 @report_errors
 def main(argv=None) -> int:
-    from nanoseg.serving import DEFAULT_MODEL
+    from nanoseg.serving.service import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("images", nargs="+", metavar="IMAGE")

@@ -68,7 +68,7 @@ def write_small_dataset(source: Path, root: Path, n: int = 8, rows: int = 224, c
     e.g. the ``bam_dir`` fixture; never modified in place): the ``rows x cols`` window with the most particles of
     each image plus ``bar`` rows of its data bar, 8-bit gray TIFF with the pixel size as TIFF resolution; masks cut
     the same way."""
-    from nanoseg.micrograph import read_image_array, read_micrograph
+    from nanoseg.io.micrograph import read_image_array, read_micrograph
 
     for sub in (IMAGES, MASKS, CLASS_MASKS):
         (root / sub).mkdir(parents=True, exist_ok=True)

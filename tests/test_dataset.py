@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from nanoseg.dataset import (
+from nanoseg.data.dataset import (
     check_source,
     make_train_dataset,
     pair_samples,
@@ -108,7 +108,7 @@ def test_missing_source_folder(tmp_path, params_for):
 def test_import_dataset_through_dvc(small_dataset, tmp_path, params_for):
     import subprocess
 
-    from nanoseg.dataset import import_dataset
+    from nanoseg.data.dataset import import_dataset
 
     repo = tmp_path / "repo"
     repo.mkdir()

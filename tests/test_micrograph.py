@@ -1,4 +1,4 @@
-"""Tests for nanoseg.micrograph: reading SEM images, pixel size, data bar, masks, `nanoseg info`."""
+"""Tests for nanoseg.io.micrograph: reading SEM images, pixel size, data bar, masks, `nanoseg info`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import tifffile
 from PIL import Image
 
 from nanoseg.errors import NanosegError
-from nanoseg.micrograph import (
+from nanoseg.io.micrograph import (
     BitDepthWarning,
     Micrograph,
     PixelSizeWarning,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from nanoseg.errors import NanosegError
-from nanoseg.losses import dice_coefficient, dice_loss
-from nanoseg.model import (build_unet, configure_precision, load_model, preferred_policy, save_model,
+from nanoseg.model.losses import dice_coefficient, dice_loss
+from nanoseg.model.network import (build_unet, configure_precision, load_model, preferred_policy, save_model,
                            with_policy)
 from tests.conftest import WEIGHTS, needs_weights
 

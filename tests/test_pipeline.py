@@ -107,7 +107,7 @@ def test_smoke_pipeline_end_to_end(project):
     assert bad.returncode == 2 and "none holds the alias 'champion'" in bad.stderr and "Traceback" not in bad.stderr
 
     # an interrupted/repeated cv does not train finished folds again
-    again = sh("python", "-m", "nanoseg.stages.cv", cwd=project)
+    again = sh("python", "-m", "nanoseg.pipeline.stages.cv", cwd=project)
     assert again.stdout.count("not trained again") == 2
 
     # the final model predicts new images with the output contract

@@ -1,10 +1,10 @@
-"""Tests for nanoseg.postprocess on small synthetic masks and images."""
+"""Tests for nanoseg.postprocess.decode on small synthetic masks and images."""
 
 import numpy as np
 import pytest
 from skimage import draw
 
-from nanoseg import postprocess
+from nanoseg.postprocess import decode as postprocess
 from nanoseg.errors import NanosegError
 
 
@@ -98,7 +98,7 @@ def test_tune_split_params_prefers_splitting_touching_pairs():
 
 def _chain(n=4, radius=11, shape=(48, 200)):
     """n discs in a row, each overlapping the next, cut apart by 1-px background lines (BAM style)."""
-    from nanoseg.targets import instance_labels
+    from nanoseg.model.targets import instance_labels
 
     step = 2 * radius - 4
     centers = [(shape[0] // 2, 14 + i * step) for i in range(n)]
@@ -113,7 +113,7 @@ def _synthetic_outputs(mask):
     """What a well-trained model of each head would output, with the lines *filled* in the foreground."""
     from scipy import ndimage as ndi
 
-    from nanoseg.targets import make_targets, normalized_distance
+    from nanoseg.model.targets import make_targets, normalized_distance
 
     c3 = ndi.gaussian_filter(make_targets(mask, "classes3"), (1, 1, 0))
     c3 /= c3.sum(-1, keepdims=True)
@@ -125,7 +125,7 @@ def _synthetic_outputs(mask):
 
 @pytest.mark.parametrize("n", [2, 4])
 def test_decode_instances_separates_touching_discs(n):
-    from nanoseg.metrics import instance_metrics
+    from nanoseg.evaluation.metrics import instance_metrics
 
     mask, centers = _chain(n)
     for decoder, prob in _synthetic_outputs(mask).items():
@@ -159,7 +159,7 @@ def test_foreground_probability():
 
 
 def test_tune_instance_params_and_segment_use_the_decoder():
-    from nanoseg.evaluation import segment, truth_labels
+    from nanoseg.evaluation.scoring import segment, truth_labels
 
     mask, _ = _chain(4)
     for decoder, prob in _synthetic_outputs(mask).items():

@@ -16,8 +16,8 @@ from skimage.filters import threshold_otsu
 
 from nanoseg.cli import main
 from nanoseg.errors import NanosegError
-from nanoseg.model import build_unet, save_model
-from nanoseg.predict import Predictor, load_predictor, predict_command
+from nanoseg.model.network import build_unet, save_model
+from nanoseg.inference.predictor import Predictor, load_predictor, predict_command
 from tests.conftest import IMAGES, MASKS, PX_PER_CM
 
 keras.mixed_precision.set_global_policy("float32")
@@ -41,7 +41,7 @@ def conv_model():
 def sem_crop(tmp_path_factory, bam_dir):
     """A 300x200 (W x H) cut of a BAM(-layout) image: 168 sample rows (the window with the most particles) + 32 rows
     of its data bar, pixel size in the TIFF."""
-    from nanoseg.micrograph import read_image_array, read_micrograph
+    from nanoseg.io.micrograph import read_image_array, read_micrograph
 
     path = sorted((bam_dir / IMAGES).glob("*.tif"))[0]
     mg = read_micrograph(path)
@@ -256,7 +256,7 @@ def test_settings_come_from_the_model_not_a_params_yaml_in_the_working_folder(tm
 
 def test_ensemble_mean_spread_and_predict_files(sem_crop, tmp_path):
     """The ensemble candidate: one model averaging fold models; its members' spread is a second uncertainty map."""
-    from nanoseg.candidates import build_ensemble
+    from nanoseg.model.candidates import build_ensemble
 
     members = []
     for seed in (1, 2):
@@ -315,14 +315,14 @@ def test_a_bad_image_among_many_is_reported_and_skipped(sem_crop, tmp_path, caps
 
 
 def test_arguments_and_headers_are_checked_before_the_model_loads(sem_crop, tmp_path, monkeypatch):
-    import nanoseg.predict
+    import nanoseg.inference.predictor
 
     image, _ = sem_crop
 
     def no_model(*a, **k):
         raise AssertionError("the model was loaded before the arguments were checked")
 
-    monkeypatch.setattr(nanoseg.predict, "load_predictor", no_model)
+    monkeypatch.setattr(nanoseg.inference.predictor, "load_predictor", no_model)
     big = tmp_path / "big.png"
     Image.fromarray(np.zeros((300, 400), np.uint8)).save(big)
     cases = [({"pixel_size": "7 furlongs"}, "pixel size"), ({"databar_row": "x"}, "--databar-row 'x'"),
@@ -338,7 +338,7 @@ def test_arguments_and_headers_are_checked_before_the_model_loads(sem_crop, tmp_
 
 
 def test_without_pixel_size_the_minimum_area_is_in_px(sem_crop, tmp_path):
-    from nanoseg.predict import DEFAULT_MIN_AREA_PX, infer, post_without_pixel_size
+    from nanoseg.inference.predictor import DEFAULT_MIN_AREA_PX, infer, post_without_pixel_size
 
     post = {"min_area_nm2": 200.0, "opening_radius": 0}
     assert post_without_pixel_size(post, 7.34375)[0]["min_area_px"] == 4  # 200 nm2 at 7.34 nm/px

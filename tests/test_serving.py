@@ -35,7 +35,7 @@ LEGACY_PICKLE = (b"\x80\x05\x95)\x00\x00\x00\x00\x00\x00\x00\x8c\x10nanoseg.trac
 def store(tmp_path_factory):
     """A tmp MLflow store holding a tiny untrained model registered as nanoseg@champion."""
     from nanoseg import tracking
-    from nanoseg.serving import input_example
+    from nanoseg.serving.service import input_example
 
     root = tmp_path_factory.mktemp("serving")
     uri = f"sqlite:///{root / 'mlruns/mlflow.db'}"
@@ -76,7 +76,7 @@ def test_answers_match_nanoseg_predict(server, store, images, tmp_path):
     import tifffile
     from PIL import Image
 
-    from nanoseg.serving import decode_labels, decode_mask, make_request
+    from nanoseg.serving.service import decode_labels, decode_mask, make_request
 
     status, reply = post(server.url, json.dumps(make_request(images)).encode())
     assert status == 200, reply
@@ -169,13 +169,13 @@ class FakeServer:
 def test_serve_command_runs_uvicorn_with_explicit_limits(store, monkeypatch, tmp_path, capsys):
     """`nanoseg serve`: uvicorn running nanoseg's guard over MLflow's scoring app, with explicit workers,
     concurrency limit and timeout, pickles refused, the store's password masked in what it prints."""
-    from nanoseg import serving
+    from nanoseg.serving.service import service as serving
 
     monkeypatch.setattr(serving.subprocess, "Popen", FakeServer)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
     assert cli.main(["serve", "--port", "5099", "--workers", "3", "--max-concurrent", "4", "--timeout", "90"]) == 0
     cmd, env = FakeServer.calls[-1]
-    assert cmd[1:] == ["-m", "uvicorn", "--factory", "nanoseg.server:create_app", "--host", "127.0.0.1", "--port",
+    assert cmd[1:] == ["-m", "uvicorn", "--factory", "nanoseg.serving.server:create_app", "--host", "127.0.0.1", "--port",
                        "5099", "--workers", "3", "--no-server-header", "--timeout-graceful-shutdown", "10"]
     assert env["NANOSEG_SERVE_MAX_CONCURRENT"] == "4" and env["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] == "90"
     assert env["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false" and env["MLFLOW_TRACKING_URI"] == store["uri"]
@@ -202,7 +202,7 @@ def _legacy_version(folder) -> str:
     from mlflow.utils.file_utils import local_file_uri_to_path
 
     from nanoseg import tracking
-    from nanoseg.pyfunc import NanosegPyfunc
+    from nanoseg.serving.pyfunc import NanosegPyfunc
 
     with warnings.catch_warnings(), tracking.start_run("publish-legacy"):
         warnings.simplefilter("ignore")
@@ -221,7 +221,7 @@ def test_models_from_code_and_pickled_versions_load(store, monkeypatch, tmp_path
     import mlflow
 
     from nanoseg import tracking
-    from nanoseg.serving import input_example
+    from nanoseg.serving.service import input_example
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
     mlflow.set_tracking_uri(store["uri"])
@@ -257,8 +257,8 @@ def test_models_from_code_and_pickled_versions_load(store, monkeypatch, tmp_path
 
 
 def test_service_limits_concurrent_requests(monkeypatch):
-    from nanoseg import serving
-    from nanoseg.payload import ServerBusy
+    from nanoseg.serving.service import service as serving
+    from nanoseg.serving.payload import ServerBusy
 
     service = serving.Service(None, {"threshold": 0.5}, max_concurrent=1)
     started, release = threading.Event(), threading.Event()
@@ -286,7 +286,7 @@ def test_reads_change_no_process_wide_state(tmp_path):
     """Each thread's tifffile messages go to its own list; a missing pixel size becomes a note, not a warning."""
     import tifffile
 
-    from nanoseg.micrograph import quiet_tifffile, read_micrograph
+    from nanoseg.io.micrograph import quiet_tifffile, read_micrograph
 
     logger = logging.getLogger("tifffile")
     handlers, propagate, filters = list(logger.handlers), logger.propagate, list(logger.filters)
@@ -317,8 +317,8 @@ def test_reads_change_no_process_wide_state(tmp_path):
 
 
 def test_served_errors_are_one_line_with_the_right_status():
-    from nanoseg.payload import RequestError, ServerBusy
-    from nanoseg.pyfunc import served_error
+    from nanoseg.serving.payload import RequestError, ServerBusy
+    from nanoseg.serving.pyfunc import served_error
 
     bad = served_error(RequestError("image 1 (a\nb.tif): not an image"))
     assert bad.get_http_status_code() == 400 and bad.message == "image 1 (a b.tif): not an image"
@@ -362,7 +362,7 @@ def fake_app(status: int, body: bytes, raise_after: bool = False, hold: asyncio.
 
 
 def test_guard_cleans_error_answers():
-    from nanoseg.server import Guard
+    from nanoseg.serving.server import Guard
 
     trace = json.dumps({"error_code": "BAD_REQUEST", "message": "Encountered an unexpected error", "stack_trace":
                         "Traceback (most recent call last):\n  File \"x.py\", line 1"}).encode()
@@ -385,7 +385,7 @@ def test_guard_cleans_error_answers():
 
 
 def test_guard_answers_503_when_full():
-    from nanoseg.server import Guard
+    from nanoseg.serving.server import Guard
 
     async def scenario():
         hold = asyncio.Event()
@@ -423,7 +423,7 @@ def test_image_size_reads_the_real_layout():
     """A planar RGB TIFF page (3 x H x W) is H x W, not 3 x H; a PNG bomb's size comes from its header."""
     import tifffile
 
-    from nanoseg.serving import RequestError, image_size, read_upload
+    from nanoseg.serving.service import RequestError, image_size, read_upload
     from tests.test_layout import png_header
 
     buf = io.BytesIO()
@@ -454,7 +454,7 @@ def _fake_answer(name: str) -> dict:
 
 
 def test_request_out_refuses_collisions_and_existing_answers(tmp_path, monkeypatch, capsys):
-    from nanoseg import serving
+    from nanoseg.serving.service import service as serving
 
     sent = []
 

@@ -1,0 +1,151 @@
+"""Scoring segmentations the way users need them: pixels, instances, sizes.
+
+Probability map -> binary mask -> instances (:mod:`nanoseg.postprocess.decode`) ->
+pixel metrics (the paper's seven) and instance/size metrics against the
+manual masks, whose 4-connected components are the ground-truth particles
+(measurable particles: the BAM ``*_cm.tif`` masks). The classical baselines
+(Otsu + morphology, with and without a distance-transform watershed) run
+through the same scoring code. Instance-variant outputs (H, W, C) are decoded
+by :func:`nanoseg.postprocess.decode.decode_instances`; their pixel metrics use the
+foreground probability (:func:`nanoseg.postprocess.decode.foreground_probability`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nanoseg.evaluation.error_analysis import error_summary
+from nanoseg.evaluation.metrics import instance_metrics, pixel_metrics
+from nanoseg.postprocess.decode import (DECODERS, baseline_instances, binarize, clean_mask, decode_instances,
+                                  foreground_probability, label_instances, remove_small_instances)
+
+DEFAULT_POST = {"opening_radius": 1, "min_area_nm2": 200.0, "split": False, "min_distance_px": 5}
+INSTANCE_POST = {"marker_threshold": 0.5, "min_marker_px": 0}
+
+
+def min_area_px(post: dict, pixel_size_nm: float | None) -> int:
+    """The minimum particle area in pixels (``min_area_nm2`` converted; 0 without a pixel size)."""
+    if not pixel_size_nm:
+        return int(post.get("min_area_px", 0))
+    return int(round(float(post.get("min_area_nm2", 0.0)) / float(pixel_size_nm) ** 2))
+
+
+def pixel_sizes(manifest, stems) -> list:
+    """Each image's own pixel size in nm (None where the manifest has none), in the order of ``stems``."""
+    by = manifest.set_index("stem")["pixel_size_nm"]
+    return [None if not np.isfinite(v) else float(v) for v in (float(by.loc[s]) for s in stems)]
+
+
+def median_pixel_size(manifest) -> float | None:
+    """The median pixel size of the manifest's images (None when none has one)."""
+    px = manifest["pixel_size_nm"]
+    return float(np.nanmedian(px)) if px.notna().any() else None
+
+
+def training_scale(masks, pixel_sizes_nm) -> dict:
+    """The scale a model was trained at: median pixel size of its training images and the size range of
+    the manual particles it saw (clean subset: not cut by the border, >= 20 px).
+
+    Parameters
+    ----------
+    masks : list of bool arrays
+        The training images' manual masks.
+    pixel_sizes_nm : list of float or None
+        One per mask.
+
+    Returns
+    -------
+    dict
+        ``pixel_size_nm`` (median, None without pixel sizes), ``ecd_nm`` ({``p05``, ``median``, ``p95``}, None
+        without pixel sizes) and ``ecd_px`` (the same in pixels).
+    """
+    from nanoseg.evaluation.metrics import _ecd, clean_ids
+
+    ecd_px, ecd_nm = [], []
+    for m, px in zip(masks, pixel_sizes_nm):
+        lab = truth_labels(m)
+        d = _ecd(lab, clean_ids(lab), None)
+        ecd_px.append(d)
+        if px:
+            ecd_nm.append(d * float(px))
+
+    def q(v):
+        v = np.concatenate(v) if v else np.zeros(0)
+        return {k: float(np.percentile(v, p)) for k, p in (("p05", 5), ("median", 50), ("p95", 95))} if v.size else None
+
+    known = [float(p) for p in pixel_sizes_nm if p]
+    return {"pixel_size_nm": float(np.median(known)) if known else None,
+            "ecd_nm": q(ecd_nm) if len(ecd_nm) == len(masks) else None, "ecd_px": q(ecd_px)}
+
+
+def segment(prob: np.ndarray, threshold: float, post: dict, pixel_size_nm: float | None = None):
+    """Probability map -> (mask, instance labels) with the stored post-processing settings.
+
+    A paper-variant map (H, W) is thresholded, cleaned and labelled (optionally
+    split by a distance watershed); an instance-variant output (H, W, 2 or 3)
+    is decoded with ``post["decoder"]`` (default: by its channel count),
+    ``marker_threshold`` and ``min_marker_px``.
+    """
+    post = {**DEFAULT_POST, **(post or {})}
+    area = min_area_px(post, pixel_size_nm)
+    prob = np.asarray(prob)
+    if prob.ndim == 3 and prob.shape[-1] in DECODERS:
+        post = {**INSTANCE_POST, **post}
+        labels = decode_instances(prob, threshold, post.get("decoder"), float(post["marker_threshold"]),
+                                  int(post["min_marker_px"]), int(post["opening_radius"]), area)
+        return labels > 0, labels
+    prob = foreground_probability(prob)
+    mask = clean_mask(binarize(prob, threshold), min_area_px=area, opening_radius=int(post["opening_radius"]))
+    labels = label_instances(mask, split=bool(post["split"]), min_distance_px=int(post["min_distance_px"]))
+    labels = remove_small_instances(labels, area)
+    return labels > 0, labels
+
+
+def truth_labels(mask: np.ndarray) -> np.ndarray:
+    """Ground-truth instances: 4-connected components of the manual mask."""
+    from skimage.measure import label
+
+    return label(np.asarray(mask, bool), connectivity=1).astype(np.int32)
+
+
+def score(truths, probs, labels_list, pixel_size_nm=None, class_masks=None, threshold=0.5,
+          clean_min_px: int | None = None) -> dict:
+    """Pixel and instance metrics pooled over images, with the error classes of :mod:`nanoseg.evaluation.error_analysis`.
+
+    Parameters
+    ----------
+    truths : list of bool arrays (manual masks, cropped to the sample area)
+    probs : list of float arrays (probability maps or bool masks; instance-variant
+        outputs (H, W, C) are scored by their foreground probability)
+    labels_list : list of int arrays (predicted instances)
+    pixel_size_nm : float, list of float (one per image) or None
+    class_masks : list of arrays or None
+        Ground-truth measurable particles; predicted measurable = not touching the border.
+    clean_min_px : int, optional
+        Smallest instance of the ``clean`` subset (default :data:`nanoseg.evaluation.metrics.CLEAN_MIN_PX`; an image
+        zoomed by ``z`` keeps the same particles with ``20 z**2``).
+    """
+    from nanoseg.evaluation.metrics import CLEAN_MIN_PX
+
+    clean_min_px = CLEAN_MIN_PX if clean_min_px is None else int(clean_min_px)
+    out = pixel_metrics(truths, [foreground_probability(p) for p in probs], threshold=threshold)
+    gts = [truth_labels(t) for t in truths]
+    gm = [cm for cm in class_masks] if class_masks is not None else None
+    pm = ["border"] * len(gts) if class_masks is not None else None
+    inst = instance_metrics(gts, labels_list, pixel_size_nm=pixel_size_nm, gt_measurable=gm, pred_measurable=pm,
+                            clean_min_px=clean_min_px)
+    out.update(inst)
+    out.update(error_summary(gts, list(labels_list), clean_min_px))
+    return out
+
+
+def baselines(images, truths, pixel_size_nm=None, class_masks=None, min_distance_px=5) -> dict:
+    """Scores of the classical baselines through the same code: ``otsu`` and ``otsu_watershed``.
+    ``pixel_size_nm``: one value, one per image, or None."""
+    pxs = list(pixel_size_nm) if isinstance(pixel_size_nm, (list, tuple)) else [pixel_size_nm] * len(images)
+    res = {}
+    for name, ws in (("otsu", False), ("otsu_watershed", True)):
+        labels = [baseline_instances(im, watershed=ws, min_area_px=max(min_area_px(DEFAULT_POST, px), 1),
+                                     min_distance_px=min_distance_px) for im, px in zip(images, pxs)]
+        res[name] = score(truths, [lab > 0 for lab in labels], labels, pixel_size_nm, class_masks)
+    return res

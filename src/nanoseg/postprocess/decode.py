@@ -1,0 +1,429 @@
+"""From probability maps to particle instances.
+
+Pipeline: :func:`binarize` -> :func:`clean_mask` -> :func:`label_instances`
+(optionally splitting touching particles with a distance-transform watershed)
+-> :func:`remove_small_instances`. The classical baseline (:func:`otsu_mask`,
+:func:`baseline_instances`) uses the same steps on an Otsu-thresholded image.
+
+Instance-variant outputs (multi-channel maps, :mod:`nanoseg.model.targets`) are
+decoded by :func:`decode_instances`: markers from the interior probability
+(``classes3``) or the normalised distance (``fg_distance``), a marker-controlled
+watershed restricted to the foreground, then 1-px lines cut between touching
+instances (:func:`separate_touching`); :func:`tune_instance_params` chooses its
+settings on validation data.
+
+Conventions: foreground is ``prob >= threshold``; instances are the
+**4-connected** components of the foreground, as in the BAM manual masks, where
+touching particles are separated by 1-px background lines (which may be only
+diagonally connected; they still cut the particles apart in 4-connectivity).
+Label images are ``np.int32`` with 0 as background and ids ``1..n``.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage import color, feature, filters, measure, morphology, segmentation
+
+from nanoseg.errors import NanosegError
+
+#: Default search grid for :func:`tune_split_params`.
+SPLIT_GRID = {"split": [False, True], "min_distance_px": [3, 5, 7, 9, 12, 15]}
+#: Default search grid for :func:`tune_instance_params`.
+INSTANCE_GRID = {"marker_threshold": [0.3, 0.4, 0.5, 0.6, 0.7], "min_marker_px": [0, 5, 15]}
+#: Instance decoders by the channel count of the model output.
+DECODERS = {3: "classes3", 2: "fg_distance"}
+
+
+def binarize(prob, threshold=0.5):
+    """Return the foreground mask ``prob >= threshold`` (bool array)."""
+    return np.asarray(prob) >= threshold
+
+
+def remove_small_instances(labels, min_area_px=0):
+    """Set instances with fewer than ``min_area_px`` pixels to 0 and relabel 1..n.
+
+    Returns ``np.int32`` labels; works for label images and bool masks
+    (a bool mask is labelled 4-connected first).
+    """
+    labels = np.asarray(labels)
+    if labels.dtype == bool:
+        labels = measure.label(labels, connectivity=1)
+    labels = labels.astype(np.int32, copy=True)
+    if min_area_px > 1 and labels.any():
+        small = np.bincount(labels.ravel()) < min_area_px
+        small[0] = False
+        labels[small[labels]] = 0
+    return segmentation.relabel_sequential(labels)[0].astype(np.int32)
+
+
+def clean_mask(mask, min_area_px=0, opening_radius=1, fill_holes=True):
+    """Smooth a foreground mask without merging separated particles.
+
+    Steps: binary opening with a disk of ``opening_radius`` (0 skips it),
+    filling holes inside each 4-connected object separately, then removing
+    objects smaller than ``min_area_px`` pixels.
+
+    Effect on separating lines: an opening only ever removes foreground, so the
+    1-px background lines between touching particles are kept (at most widened
+    where the line meets the outline); it also deletes foreground structures
+    narrower than ``2 * opening_radius + 1`` px -- thin necks, so an opening can
+    cut a particle in two, and particles smaller than the disk vanish.
+    Holes are filled per object (8-connected background, the dual of
+    4-connected objects), so background enclosed by *several* touching
+    particles, such as the gap between a ring of particles, stays background.
+
+    Parameters
+    ----------
+    mask : (M, N) array of bool
+    min_area_px : int
+        Objects with fewer pixels are removed (after opening and filling).
+    opening_radius : int
+        Radius of the disk used for the opening; 0 disables it.
+    fill_holes : bool
+
+    Returns
+    -------
+    (M, N) array of bool
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2:
+        raise NanosegError(f"clean_mask: expected a 2-D mask, got shape {mask.shape}.")
+    if opening_radius and opening_radius > 0:
+        mask = morphology.opening(mask, morphology.disk(int(opening_radius)), mode="ignore")
+    if fill_holes:
+        labels = measure.label(mask, connectivity=1)
+        out = mask.copy()
+        for region in measure.regionprops(labels):
+            out[region.slice] |= region.image_filled
+        mask = out
+    if min_area_px > 1:
+        mask = remove_small_instances(mask, min_area_px) > 0
+    return mask
+
+
+def label_instances(mask, split=False, min_distance_px=5, footprint=None, compactness=0.0):
+    """Label particle instances in a foreground mask.
+
+    Parameters
+    ----------
+    mask : (M, N) array of bool
+    split : bool
+        If False, instances are the 4-connected components. If True, each
+        component is further split by a watershed on the negated Euclidean
+        distance transform, seeded at its local maxima
+        (:func:`skimage.feature.peak_local_max` per component), which separates
+        merged touching particles. A component without a seed stays whole.
+    min_distance_px : int
+        Minimum distance between seeds; larger values split less.
+    footprint : array of bool, optional
+        Neighbourhood for the peak search (overrides ``min_distance_px``).
+    compactness : float
+        Compact watershed parameter (0 = classical watershed).
+
+    Returns
+    -------
+    (M, N) array of np.int32, 0 = background, ids 1..n.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    components = measure.label(mask, connectivity=1)
+    if not split or not mask.any():
+        return components.astype(np.int32)
+    distance = ndi.distance_transform_edt(mask)
+    peaks = feature.peak_local_max(
+        distance, min_distance=int(min_distance_px), footprint=footprint,
+        labels=components, exclude_border=False,
+    )
+    seeds = np.zeros(mask.shape, dtype=bool)
+    seeds[tuple(peaks.T)] = True
+    markers = measure.label(seeds, connectivity=2)  # plateau maxima -> one seed
+    labels = segmentation.watershed(-distance, markers, mask=mask, compactness=compactness)
+    # components that got no seed (or pieces cut off from their seed) keep their own id
+    orphan = mask & (labels == 0)
+    if orphan.any():
+        labels[orphan] = measure.label(orphan, connectivity=1)[orphan] + labels.max()
+    # watershed regions may be 4-disconnected; make every instance one 4-connected piece
+    labels = measure.label(labels, connectivity=1, background=0)
+    return labels.astype(np.int32)
+
+
+def _gray(image):
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] in (3, 4):
+        image = color.rgb2gray(image[..., :3])
+    if image.ndim != 2:
+        raise NanosegError(f"otsu_mask: expected a 2-D grayscale image, got shape {image.shape}.")
+    return image
+
+
+def otsu_mask(image, sample_rows=None, *, opening_radius=1, fill_holes=True, min_area_px=0):
+    """Classical foreground mask: Otsu threshold, then :func:`clean_mask`.
+
+    In the BAM TiO2 SEM images the particles are brighter than the background
+    (checked on the shared data: foreground mean luminance ~3x the background),
+    so foreground is ``image > otsu``.
+
+    Parameters
+    ----------
+    image : (M, N) array
+        Grayscale image (RGB is converted to luminance).
+    sample_rows : int or slice, optional
+        Rows used to compute the threshold, e.g. ``704`` (the first 704 rows) to
+        ignore the microscope's data bar; the mask covers the whole image.
+    opening_radius, fill_holes, min_area_px
+        Passed to :func:`clean_mask`.
+
+    Returns
+    -------
+    (M, N) array of bool
+    """
+    image = _gray(image)
+    rows = slice(None) if sample_rows is None else (
+        sample_rows if isinstance(sample_rows, slice) else slice(0, int(sample_rows)))
+    sample = image[rows]
+    if sample.size == 0 or sample.min() == sample.max():
+        return np.zeros(image.shape, dtype=bool)
+    mask = image > filters.threshold_otsu(sample)
+    return clean_mask(mask, min_area_px=min_area_px, opening_radius=opening_radius,
+                      fill_holes=fill_holes)
+
+
+def baseline_instances(image, watershed=False, min_area_px=20, min_distance_px=5):
+    """Classical instance baseline: Otsu + morphology [+ distance watershed].
+
+    Returns ``np.int32`` labels; instances under ``min_area_px`` pixels (also
+    watershed fragments) are removed.
+    """
+    mask = otsu_mask(image, min_area_px=min_area_px)
+    labels = label_instances(mask, split=watershed, min_distance_px=min_distance_px)
+    return remove_small_instances(labels, min_area_px)
+
+
+def _grid_search_inputs(name, what, inputs, gt_labels_list, grid, defaults):
+    """Check a grid search's inputs: as many predictions as ground truths (at least one), known grid keys."""
+    inputs, gts = [np.asarray(x) for x in inputs], list(gt_labels_list)
+    if len(inputs) != len(gts) or not inputs:
+        raise NanosegError(
+            f"{name}: got {len(inputs)} {what} and {len(gts)} ground-truth images; "
+            "pass the same non-zero number of each.")
+    grid = dict(grid)
+    unknown = set(grid) - set(defaults)
+    if unknown:
+        raise NanosegError(f"{name}: unknown grid keys {sorted(unknown)}; use some of {sorted(defaults)}.")
+    return inputs, gts, grid
+
+
+#: What the grid searches maximise: instance F1 at IoU 0.5 on the ``clean`` subset (the models' ranking metric).
+OBJECTIVE = "f1_50_clean"
+
+
+def _score_entry(metrics: dict) -> dict:
+    return {"f1_50": float(metrics["f1_50"]), OBJECTIVE: float(metrics[OBJECTIVE])}
+
+
+def _best_score(scores):
+    """The candidate with the highest :data:`OBJECTIVE` (nan ranks last; the first one on ties)."""
+    return max(scores, key=lambda s: -np.inf if np.isnan(s[OBJECTIVE]) else s[OBJECTIVE])
+
+
+def tune_split_params(masks, gt_labels_list, grid=None):
+    """Choose post-processing settings that maximise pooled instance F1 at IoU 0.5
+    on the ``clean`` subset (:data:`OBJECTIVE`).
+
+    Run this on validation folds only (never on the test images).
+
+    Parameters
+    ----------
+    masks : list of (M, N) arrays
+        Bool foreground masks, or float probability maps (then ``threshold``
+        can be tuned as well).
+    gt_labels_list : list of (M, N) int arrays
+        Ground-truth instance labels (bool masks are labelled 4-connected).
+    grid : dict of lists, optional
+        Candidate values; keys among ``threshold`` (default 0.5),
+        ``opening_radius`` (1), ``min_area_px`` (0), ``split`` (True),
+        ``min_distance_px`` (5), ``compactness`` (0.0). Default
+        :data:`SPLIT_GRID`. Each candidate runs :func:`binarize` (float maps
+        only) -> :func:`clean_mask` -> :func:`label_instances` ->
+        :func:`remove_small_instances`.
+
+    Returns
+    -------
+    dict
+        The best value of every key in the grid, ``f1_50`` (its score) and
+        ``scores`` (a list of ``{**params, "f1_50": f1}`` for every candidate).
+    """
+    from nanoseg.evaluation.metrics import instance_metrics
+
+    defaults = {"threshold": 0.5, "opening_radius": 1, "min_area_px": 0, "split": True,
+                "min_distance_px": 5, "compactness": 0.0}
+    masks, gts, grid = _grid_search_inputs("tune_split_params", "masks", masks, gt_labels_list,
+                                           SPLIT_GRID if grid is None else grid, defaults)
+    keys = list(grid)
+    scores, seen, cleaned = [], set(), {}
+    for values in itertools.product(*(grid[k] for k in keys)):
+        p = {**defaults, **dict(zip(keys, values))}
+        effective = tuple((k, v) for k, v in p.items()
+                          if p["split"] or k not in ("min_distance_px", "compactness"))
+        if effective in seen:
+            continue  # without splitting, the seed settings do not matter
+        seen.add(effective)
+        ckey = (p["threshold"], p["opening_radius"], p["min_area_px"])
+        if ckey not in cleaned:
+            cleaned[ckey] = [clean_mask(m if m.dtype == bool else binarize(m, p["threshold"]),
+                                        p["min_area_px"], p["opening_radius"]) for m in masks]
+        preds = [remove_small_instances(
+            label_instances(m, p["split"], p["min_distance_px"], compactness=p["compactness"]),
+            p["min_area_px"]) for m in cleaned[ckey]]
+        scores.append({**{k: p[k] for k in keys}, **_score_entry(instance_metrics(gts, preds))})
+    best = _best_score(scores)
+    out = {**best, "scores": scores}
+    return out
+
+
+# ----------------------------------------------------------------------------- instance variant
+
+
+def foreground_probability(prob):
+    """The particle probability of a model output.
+
+    (H, W) maps are returned as they are; (H, W, 1) -> channel 0; ``classes3``
+    (H, W, 3: background, interior, boundary) -> ``1 - background`` (the
+    separating lines count as foreground there); ``fg_distance`` (H, W, 2) ->
+    channel 0.
+    """
+    prob = np.asarray(prob)
+    if prob.ndim == 2:
+        return prob
+    if prob.ndim == 3 and prob.shape[-1] in (1, 2):
+        return prob[..., 0]
+    if prob.ndim == 3 and prob.shape[-1] == 3:
+        return 1.0 - prob[..., 0]
+    raise NanosegError(f"expected a probability map (H, W) or (H, W, C) with C in 1..3, got shape {prob.shape}.")
+
+
+def separate_touching(labels):
+    """Cut a 1-px background line between touching instances, as in the BAM manual masks.
+
+    A pixel is set to 0 when one of its 4-neighbours belongs to an instance
+    with a larger id, so two instances never stay 4-adjacent (only the side
+    with the smaller id loses pixels). Returns a new ``np.int32`` array; pieces
+    cut off an instance keep its id.
+    """
+    labels = np.asarray(labels, dtype=np.int32)
+    cut = np.zeros(labels.shape, bool)
+    for axis in (0, 1):
+        a = labels.swapaxes(0, axis)
+        c = cut.swapaxes(0, axis)
+        lo, hi = a[:-1], a[1:]
+        c[:-1] |= (lo > 0) & (hi > lo)
+        c[1:] |= (hi > 0) & (lo > hi)
+    out = labels.copy()
+    out[cut] = 0
+    return out
+
+
+def decode_instances(prob, threshold=0.5, decoder=None, marker_threshold=0.5, min_marker_px=0,
+                     opening_radius=1, min_area_px=0):
+    """Instance labels from an instance-variant output.
+
+    Steps: foreground = :func:`foreground_probability` ``>= threshold``, then
+    :func:`clean_mask` (opening, holes); markers = the 4-connected components
+    of ``marker >= marker_threshold`` inside the foreground with at least
+    ``min_marker_px`` pixels, where ``marker`` is channel 1 (interior
+    probability for ``classes3``, normalised distance for ``fg_distance``);
+    watershed of ``-marker`` from the markers, restricted to the foreground
+    (foreground components without a marker stay whole);
+    :func:`separate_touching`; 4-connected relabelling and
+    :func:`remove_small_instances`.
+
+    Parameters
+    ----------
+    prob : (H, W, C) array
+        Model output, C = 3 (``classes3``) or 2 (``fg_distance``).
+    threshold : float
+        Foreground threshold.
+    decoder : {"classes3", "fg_distance"}, optional
+        Default from the channel count (:data:`DECODERS`).
+    marker_threshold : float
+    min_marker_px : int
+    opening_radius : int
+    min_area_px : int
+
+    Returns
+    -------
+    (H, W) np.int32 labels, 0 = background, ids 1..n; touching instances are
+    separated by background lines (4-connected instances).
+    """
+    prob = np.asarray(prob, dtype=np.float32)
+    if prob.ndim != 3 or prob.shape[-1] not in DECODERS:
+        raise NanosegError(f"decode_instances: expected an instance-variant output (H, W, 2 or 3), "
+                           f"got shape {prob.shape}.")
+    decoder = decoder or DECODERS[prob.shape[-1]]
+    if DECODERS.get(prob.shape[-1]) != decoder:
+        raise NanosegError(f"decoder {decoder!r} does not fit a model output with {prob.shape[-1]} channels; "
+                           "check postprocess.decoder in the model's nanoseg.json.")
+    fg = clean_mask(binarize(foreground_probability(prob), threshold), 0, opening_radius)
+    return _watershed_markers(prob[..., 1], fg, marker_threshold, min_marker_px, min_area_px)
+
+
+def _watershed_markers(marker, fg, marker_threshold, min_marker_px, min_area_px):
+    seeds = remove_small_instances(measure.label((marker >= marker_threshold) & fg, connectivity=1),
+                                   int(min_marker_px))
+    labels = segmentation.watershed(-marker, seeds, mask=fg)
+    orphan = fg & (labels == 0)
+    if orphan.any():
+        labels[orphan] = measure.label(orphan, connectivity=1)[orphan] + labels.max()
+    labels = measure.label(separate_touching(labels), connectivity=1, background=0)
+    return remove_small_instances(labels, int(min_area_px))
+
+
+def tune_instance_params(probs, gt_labels_list, grid=None, decoder=None):
+    """Choose :func:`decode_instances` settings that maximise pooled instance F1 at IoU 0.5
+    on the ``clean`` subset (:data:`OBJECTIVE`).
+
+    Run this on validation folds only (never on the test images).
+
+    Parameters
+    ----------
+    probs : list of (H, W, C) arrays
+        Instance-variant outputs.
+    gt_labels_list : list of (H, W) int arrays
+        Ground-truth instance labels (bool masks are labelled 4-connected).
+    grid : dict of lists, optional
+        Candidate values; keys among ``threshold`` (default 0.5),
+        ``opening_radius`` (1), ``min_area_px`` (0), ``marker_threshold``
+        (0.5), ``min_marker_px`` (0). Default :data:`INSTANCE_GRID`.
+    decoder : str, optional
+        Passed to :func:`decode_instances`.
+
+    Returns
+    -------
+    dict
+        The best value of every grid key, ``f1_50`` and ``scores`` (every candidate).
+    """
+    from nanoseg.evaluation.metrics import instance_metrics
+
+    defaults = {"threshold": 0.5, "opening_radius": 1, "min_area_px": 0, "marker_threshold": 0.5,
+                "min_marker_px": 0}
+    probs, gts, grid = _grid_search_inputs("tune_instance_params", "probability maps", probs, gt_labels_list,
+                                           INSTANCE_GRID if grid is None else grid, defaults)
+    for pr in probs:
+        if pr.ndim != 3 or pr.shape[-1] not in DECODERS or (decoder and DECODERS[pr.shape[-1]] != decoder):
+            raise NanosegError(f"tune_instance_params: expected {decoder or 'instance-variant'} outputs "
+                               f"(H, W, 2 or 3), got shape {pr.shape}.")
+    keys = list(grid)
+    scores, cleaned = [], {}
+    for values in itertools.product(*(grid[k] for k in keys)):
+        p = {**defaults, **dict(zip(keys, values))}
+        ckey = (p["threshold"], p["opening_radius"])
+        if ckey not in cleaned:
+            cleaned[ckey] = [clean_mask(binarize(foreground_probability(pr), p["threshold"]), 0, p["opening_radius"])
+                             for pr in probs]
+        preds = [_watershed_markers(pr[..., 1], fg, p["marker_threshold"], p["min_marker_px"], p["min_area_px"])
+                 for pr, fg in zip(probs, cleaned[ckey])]
+        scores.append({**{k: p[k] for k in keys}, **_score_entry(instance_metrics(gts, preds))})
+    best = _best_score(scores)
+    return {**best, "scores": scores}
