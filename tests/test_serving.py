@@ -169,7 +169,7 @@ class FakeServer:
 def test_serve_command_runs_uvicorn_with_explicit_limits(store, monkeypatch, tmp_path, capsys):
     """`nanoseg serve`: uvicorn running nanoseg's guard over MLflow's scoring app, with explicit workers,
     concurrency limit and timeout, pickles refused, the store's password masked in what it prints."""
-    from nanoseg.serving.service import service as serving
+    from nanoseg.serving import service as serving
 
     monkeypatch.setattr(serving.subprocess, "Popen", FakeServer)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
@@ -257,7 +257,7 @@ def test_models_from_code_and_pickled_versions_load(store, monkeypatch, tmp_path
 
 
 def test_service_limits_concurrent_requests(monkeypatch):
-    from nanoseg.serving.service import service as serving
+    from nanoseg.serving import service as serving
     from nanoseg.serving.payload import ServerBusy
 
     service = serving.Service(None, {"threshold": 0.5}, max_concurrent=1)
@@ -454,7 +454,7 @@ def _fake_answer(name: str) -> dict:
 
 
 def test_request_out_refuses_collisions_and_existing_answers(tmp_path, monkeypatch, capsys):
-    from nanoseg.serving.service import service as serving
+    from nanoseg.serving import service as serving
 
     sent = []
 
