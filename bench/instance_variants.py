@@ -177,7 +177,8 @@ def test_mode(base, manifest, split, models: dict, work) -> dict:
     """Score models and the Otsu baselines on the test images; return ``{method: scores}``."""
     from nanoseg.config import resolve
     from nanoseg.data.dataset import load_rows
-    from nanoseg.evaluation.scoring import DEFAULT_POST, min_area_px, score, segment
+    from nanoseg.evaluation.scoring import score
+    from nanoseg.postprocess.decode import DEFAULT_POST, min_area_px, segment
     from nanoseg.measure.particles import particle_table
     from nanoseg.model.network import load_model
     from nanoseg.postprocess.decode import baseline_instances, foreground_probability

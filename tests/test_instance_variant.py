@@ -61,7 +61,8 @@ def test_decoding_the_targets_of_a_real_mask_recovers_its_particles(bam_dir, hea
 
 
 def test_score_uses_the_foreground_probability_of_instance_outputs():
-    from nanoseg.evaluation.scoring import score, segment
+    from nanoseg.evaluation.scoring import score
+    from nanoseg.postprocess.decode import segment
 
     mask, _ = _chain(3)
     outputs = _synthetic_outputs(mask)

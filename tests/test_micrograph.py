@@ -16,6 +16,7 @@ import tifffile
 from PIL import Image
 
 from nanoseg.errors import NanosegError
+from nanoseg.io.masks import read_mask
 from nanoseg.io.micrograph import (
     BitDepthWarning,
     Micrograph,
@@ -26,7 +27,6 @@ from nanoseg.io.micrograph import (
     parse_pixel_size,
     pixel_size_from_tiff,
     read_image_array,
-    read_mask,
     read_micrograph,
 )
 

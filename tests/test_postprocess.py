@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from skimage import draw
 
+from nanoseg.evaluation import selection
 from nanoseg.postprocess import decode as postprocess
 from nanoseg.errors import NanosegError
 
@@ -87,7 +88,7 @@ def test_tune_split_params_prefers_splitting_touching_pairs():
         rr, cc = draw.disk(c, 12, shape=mask.shape)
         gt[rr, cc] = i
     gt[:, [46, 47, 141, 142]] = 0
-    best = postprocess.tune_split_params([mask], [gt], grid={"split": [False, True],
+    best = selection.tune_split_params([mask], [gt], grid={"split": [False, True],
                                                              "min_distance_px": [5, 9]})
     assert best["split"] is True and best["f1_50"] == pytest.approx(1.0)
     assert len(best["scores"]) == 3  # split=False is evaluated once
@@ -159,11 +160,12 @@ def test_foreground_probability():
 
 
 def test_tune_instance_params_and_segment_use_the_decoder():
-    from nanoseg.evaluation.scoring import segment, truth_labels
+    from nanoseg.evaluation.scoring import truth_labels
+    from nanoseg.postprocess.decode import segment
 
     mask, _ = _chain(4)
     for decoder, prob in _synthetic_outputs(mask).items():
-        best = postprocess.tune_instance_params([prob], [truth_labels(mask)], decoder=decoder,
+        best = selection.tune_instance_params([prob], [truth_labels(mask)], decoder=decoder,
                                                 grid={"marker_threshold": [0.05, 0.5], "min_marker_px": [0, 3]})
         assert best["f1_50"] == pytest.approx(1.0) and best["marker_threshold"] == 0.5
         assert len(best["scores"]) == 4
@@ -171,4 +173,4 @@ def test_tune_instance_params_and_segment_use_the_decoder():
         seg_mask, labels = segment(prob, 0.5, post)
         assert labels.max() == 4 and np.array_equal(seg_mask, labels > 0)
     with pytest.raises(NanosegError, match="unknown grid keys"):
-        postprocess.tune_instance_params([prob], [mask], grid={"split": [True]})
+        selection.tune_instance_params([prob], [mask], grid={"split": [True]})

@@ -7,7 +7,8 @@ import pytest
 from skimage import measure
 
 from nanoseg.data.dataset import pair_samples
-from nanoseg.io.micrograph import read_mask, read_micrograph
+from nanoseg.io.masks import read_mask
+from nanoseg.io.micrograph import read_micrograph
 from nanoseg.inference.polarity import detect_polarity
 from tests.synthetic_bam import synthetic_micrograph
 

@@ -308,7 +308,8 @@ def load_pair(row, root: str | os.PathLike = ".", crop: bool = True) -> tuple[np
 
     Paths in the manifest are relative to the project root ``root``.
     """
-    from nanoseg.io.micrograph import read_mask, read_micrograph
+    from nanoseg.io.masks import read_mask
+    from nanoseg.io.micrograph import read_micrograph
 
     mg = read_micrograph(Path(root) / row["image_path"], databar_row=int(row["databar_row"]))
     mask = read_mask(Path(root) / row["mask_path"], shape=mg.shape)

@@ -11,7 +11,7 @@
 Ratios whose denominator is zero (e.g. precision with no predicted pixels) are
 ``nan``, never an exception; all returned values are plain Python floats.
 Foreground in ``y_true`` is any non-zero pixel; predicted foreground is
-``prob >= threshold`` (:func:`nanoseg.postprocess.decode.binarize`). Label images use 0
+``prob >= threshold`` (:func:`nanoseg.io.masks.binarize`). Label images use 0
 for background; bool masks passed as labels are labelled 4-connected first.
 """
 
@@ -24,7 +24,7 @@ from skimage import measure as skmeasure
 
 from nanoseg.errors import NanosegError
 from nanoseg.measure.particles import majority_inside
-from nanoseg.postprocess.decode import binarize
+from nanoseg.io.masks import binarize
 
 PIXEL_METRICS = ("accuracy", "precision", "recall", "f1", "dice", "iou", "auc")
 

@@ -16,18 +16,7 @@ import numpy as np
 
 from nanoseg.evaluation.error_analysis import error_summary
 from nanoseg.evaluation.metrics import instance_metrics, pixel_metrics
-from nanoseg.postprocess.decode import (DECODERS, baseline_instances, binarize, clean_mask, decode_instances,
-                                  foreground_probability, label_instances, remove_small_instances)
-
-DEFAULT_POST = {"opening_radius": 1, "min_area_nm2": 200.0, "split": False, "min_distance_px": 5}
-INSTANCE_POST = {"marker_threshold": 0.5, "min_marker_px": 0}
-
-
-def min_area_px(post: dict, pixel_size_nm: float | None) -> int:
-    """The minimum particle area in pixels (``min_area_nm2`` converted; 0 without a pixel size)."""
-    if not pixel_size_nm:
-        return int(post.get("min_area_px", 0))
-    return int(round(float(post.get("min_area_nm2", 0.0)) / float(pixel_size_nm) ** 2))
+from nanoseg.postprocess.decode import DEFAULT_POST, baseline_instances, foreground_probability, min_area_px
 
 
 def pixel_sizes(manifest, stems) -> list:
@@ -76,29 +65,6 @@ def training_scale(masks, pixel_sizes_nm) -> dict:
     known = [float(p) for p in pixel_sizes_nm if p]
     return {"pixel_size_nm": float(np.median(known)) if known else None,
             "ecd_nm": q(ecd_nm) if len(ecd_nm) == len(masks) else None, "ecd_px": q(ecd_px)}
-
-
-def segment(prob: np.ndarray, threshold: float, post: dict, pixel_size_nm: float | None = None):
-    """Probability map -> (mask, instance labels) with the stored post-processing settings.
-
-    A paper-variant map (H, W) is thresholded, cleaned and labelled (optionally
-    split by a distance watershed); an instance-variant output (H, W, 2 or 3)
-    is decoded with ``post["decoder"]`` (default: by its channel count),
-    ``marker_threshold`` and ``min_marker_px``.
-    """
-    post = {**DEFAULT_POST, **(post or {})}
-    area = min_area_px(post, pixel_size_nm)
-    prob = np.asarray(prob)
-    if prob.ndim == 3 and prob.shape[-1] in DECODERS:
-        post = {**INSTANCE_POST, **post}
-        labels = decode_instances(prob, threshold, post.get("decoder"), float(post["marker_threshold"]),
-                                  int(post["min_marker_px"]), int(post["opening_radius"]), area)
-        return labels > 0, labels
-    prob = foreground_probability(prob)
-    mask = clean_mask(binarize(prob, threshold), min_area_px=area, opening_radius=int(post["opening_radius"]))
-    labels = label_instances(mask, split=bool(post["split"]), min_distance_px=int(post["min_distance_px"]))
-    labels = remove_small_instances(labels, area)
-    return labels > 0, labels
 
 
 def truth_labels(mask: np.ndarray) -> np.ndarray:

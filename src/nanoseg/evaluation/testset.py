@@ -29,7 +29,7 @@ class HeldOut:
 
 
 def _class_masks(manifest, stems, root, rows):
-    from nanoseg.io.micrograph import read_mask
+    from nanoseg.io.masks import read_mask
 
     by = manifest.set_index("stem")
     out = []

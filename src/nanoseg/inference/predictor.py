@@ -224,7 +224,7 @@ def resolve_settings(metadata: dict, overrides: dict | None = None) -> dict:
     ``postprocess`` (``opening_radius, min_area_nm2, split, min_distance_px``).
     Overrides that are None are ignored.
     """
-    from nanoseg.evaluation.scoring import DEFAULT_POST
+    from nanoseg.postprocess.decode import DEFAULT_POST
 
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     unknown = set(overrides) - set(DEFAULTS) - {"postprocess"}
@@ -422,7 +422,7 @@ def infer(predictor, settings: dict, sample: np.ndarray, pixel_size_nm=None, sca
         ``spread`` (ensemble spread or None), ``scale_factor``, ``scale_note``, ``polarity``, ``polarity_note``,
         ``min_area_px`` (the minimum particle area used, on the inference grid) and ``notes`` (warnings for the user).
     """
-    from nanoseg.evaluation.scoring import min_area_px, segment
+    from nanoseg.postprocess.decode import min_area_px, segment
     from nanoseg.inference.polarity import resolve_polarity, to_bright
     from nanoseg.postprocess.decode import foreground_probability
     from nanoseg.inference.rescale import resample_image, resize_labels, resize_map, scale_factor

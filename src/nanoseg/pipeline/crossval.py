@@ -170,8 +170,9 @@ def choose_postprocess(truths, probs, threshold: float, params: dict, pixel_size
     """Instance post-processing settings (split or not, seed distance) that maximise instance F1@0.5
     on the pooled validation predictions — validation folds only, never test images.
     Instance-variant outputs go to :func:`choose_instance_postprocess`."""
-    from nanoseg.evaluation.scoring import min_area_px, truth_labels
-    from nanoseg.postprocess.decode import tune_split_params
+    from nanoseg.evaluation.scoring import truth_labels
+    from nanoseg.evaluation.selection import tune_split_params
+    from nanoseg.postprocess.decode import min_area_px
 
     if params["model"].get("variant") == "instance":
         return choose_instance_postprocess(truths, probs, threshold, params, pixel_size_nm)
@@ -190,8 +191,9 @@ def choose_instance_postprocess(truths, probs, threshold: float, params: dict, p
     """Decoder settings of the instance variant (marker threshold, minimum marker size) that maximise
     instance F1@0.5 on the pooled validation predictions (grids ``instance.marker_grid`` and
     ``instance.min_marker_grid``) — validation folds only, never test images."""
-    from nanoseg.evaluation.scoring import min_area_px, truth_labels
-    from nanoseg.postprocess.decode import tune_instance_params
+    from nanoseg.evaluation.scoring import truth_labels
+    from nanoseg.evaluation.selection import tune_instance_params
+    from nanoseg.postprocess.decode import min_area_px
 
     post = dict(params.get("postprocess", {}))
     inst = instance_settings(params)
@@ -239,7 +241,8 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
 
     from nanoseg import tracking
     from nanoseg.evaluation.error_analysis import classify_errors, merged_mask, summarize_errors
-    from nanoseg.evaluation.scoring import median_pixel_size, pixel_sizes, score, segment, truth_labels
+    from nanoseg.evaluation.scoring import median_pixel_size, pixel_sizes, score, truth_labels
+    from nanoseg.postprocess.decode import segment
     from nanoseg.evaluation.metrics import PIXEL_METRICS, choose_threshold, summarize_folds
     from nanoseg.report.plots import error_bars, error_overlay, metric_bars
     from nanoseg.model.training import cpu_model

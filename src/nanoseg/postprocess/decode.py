@@ -9,8 +9,8 @@ Instance-variant outputs (multi-channel maps, :mod:`nanoseg.model.targets`) are
 decoded by :func:`decode_instances`: markers from the interior probability
 (``classes3``) or the normalised distance (``fg_distance``), a marker-controlled
 watershed restricted to the foreground, then 1-px lines cut between touching
-instances (:func:`separate_touching`); :func:`tune_instance_params` chooses its
-settings on validation data.
+instances (:func:`separate_touching`); :func:`segment` applies a model's stored settings. The grid
+searches that choose those settings on validation data are :mod:`nanoseg.evaluation.selection`'s.
 
 Conventions: foreground is ``prob >= threshold``; instances are the
 **4-connected** components of the foreground, as in the BAM manual masks, where
@@ -21,25 +21,15 @@ Label images are ``np.int32`` with 0 as background and ids ``1..n``.
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 from scipy import ndimage as ndi
 from skimage import color, feature, filters, measure, morphology, segmentation
 
 from nanoseg.errors import NanosegError
+from nanoseg.io.masks import binarize
 
-#: Default search grid for :func:`tune_split_params`.
-SPLIT_GRID = {"split": [False, True], "min_distance_px": [3, 5, 7, 9, 12, 15]}
-#: Default search grid for :func:`tune_instance_params`.
-INSTANCE_GRID = {"marker_threshold": [0.3, 0.4, 0.5, 0.6, 0.7], "min_marker_px": [0, 5, 15]}
 #: Instance decoders by the channel count of the model output.
 DECODERS = {3: "classes3", 2: "fg_distance"}
-
-
-def binarize(prob, threshold=0.5):
-    """Return the foreground mask ``prob >= threshold`` (bool array)."""
-    return np.asarray(prob) >= threshold
 
 
 def remove_small_instances(labels, min_area_px=0):
@@ -201,88 +191,6 @@ def baseline_instances(image, watershed=False, min_area_px=20, min_distance_px=5
     return remove_small_instances(labels, min_area_px)
 
 
-def _grid_search_inputs(name, what, inputs, gt_labels_list, grid, defaults):
-    """Check a grid search's inputs: as many predictions as ground truths (at least one), known grid keys."""
-    inputs, gts = [np.asarray(x) for x in inputs], list(gt_labels_list)
-    if len(inputs) != len(gts) or not inputs:
-        raise NanosegError(
-            f"{name}: got {len(inputs)} {what} and {len(gts)} ground-truth images; "
-            "pass the same non-zero number of each.")
-    grid = dict(grid)
-    unknown = set(grid) - set(defaults)
-    if unknown:
-        raise NanosegError(f"{name}: unknown grid keys {sorted(unknown)}; use some of {sorted(defaults)}.")
-    return inputs, gts, grid
-
-
-#: What the grid searches maximise: instance F1 at IoU 0.5 on the ``clean`` subset (the models' ranking metric).
-OBJECTIVE = "f1_50_clean"
-
-
-def _score_entry(metrics: dict) -> dict:
-    return {"f1_50": float(metrics["f1_50"]), OBJECTIVE: float(metrics[OBJECTIVE])}
-
-
-def _best_score(scores):
-    """The candidate with the highest :data:`OBJECTIVE` (nan ranks last; the first one on ties)."""
-    return max(scores, key=lambda s: -np.inf if np.isnan(s[OBJECTIVE]) else s[OBJECTIVE])
-
-
-def tune_split_params(masks, gt_labels_list, grid=None):
-    """Choose post-processing settings that maximise pooled instance F1 at IoU 0.5
-    on the ``clean`` subset (:data:`OBJECTIVE`).
-
-    Run this on validation folds only (never on the test images).
-
-    Parameters
-    ----------
-    masks : list of (M, N) arrays
-        Bool foreground masks, or float probability maps (then ``threshold``
-        can be tuned as well).
-    gt_labels_list : list of (M, N) int arrays
-        Ground-truth instance labels (bool masks are labelled 4-connected).
-    grid : dict of lists, optional
-        Candidate values; keys among ``threshold`` (default 0.5),
-        ``opening_radius`` (1), ``min_area_px`` (0), ``split`` (True),
-        ``min_distance_px`` (5), ``compactness`` (0.0). Default
-        :data:`SPLIT_GRID`. Each candidate runs :func:`binarize` (float maps
-        only) -> :func:`clean_mask` -> :func:`label_instances` ->
-        :func:`remove_small_instances`.
-
-    Returns
-    -------
-    dict
-        The best value of every key in the grid, ``f1_50`` (its score) and
-        ``scores`` (a list of ``{**params, "f1_50": f1}`` for every candidate).
-    """
-    from nanoseg.evaluation.metrics import instance_metrics
-
-    defaults = {"threshold": 0.5, "opening_radius": 1, "min_area_px": 0, "split": True,
-                "min_distance_px": 5, "compactness": 0.0}
-    masks, gts, grid = _grid_search_inputs("tune_split_params", "masks", masks, gt_labels_list,
-                                           SPLIT_GRID if grid is None else grid, defaults)
-    keys = list(grid)
-    scores, seen, cleaned = [], set(), {}
-    for values in itertools.product(*(grid[k] for k in keys)):
-        p = {**defaults, **dict(zip(keys, values))}
-        effective = tuple((k, v) for k, v in p.items()
-                          if p["split"] or k not in ("min_distance_px", "compactness"))
-        if effective in seen:
-            continue  # without splitting, the seed settings do not matter
-        seen.add(effective)
-        ckey = (p["threshold"], p["opening_radius"], p["min_area_px"])
-        if ckey not in cleaned:
-            cleaned[ckey] = [clean_mask(m if m.dtype == bool else binarize(m, p["threshold"]),
-                                        p["min_area_px"], p["opening_radius"]) for m in masks]
-        preds = [remove_small_instances(
-            label_instances(m, p["split"], p["min_distance_px"], compactness=p["compactness"]),
-            p["min_area_px"]) for m in cleaned[ckey]]
-        scores.append({**{k: p[k] for k in keys}, **_score_entry(instance_metrics(gts, preds))})
-    best = _best_score(scores)
-    out = {**best, "scores": scores}
-    return out
-
-
 # ----------------------------------------------------------------------------- instance variant
 
 
@@ -366,10 +274,10 @@ def decode_instances(prob, threshold=0.5, decoder=None, marker_threshold=0.5, mi
         raise NanosegError(f"decoder {decoder!r} does not fit a model output with {prob.shape[-1]} channels; "
                            "check postprocess.decoder in the model's nanoseg.json.")
     fg = clean_mask(binarize(foreground_probability(prob), threshold), 0, opening_radius)
-    return _watershed_markers(prob[..., 1], fg, marker_threshold, min_marker_px, min_area_px)
+    return watershed_markers(prob[..., 1], fg, marker_threshold, min_marker_px, min_area_px)
 
 
-def _watershed_markers(marker, fg, marker_threshold, min_marker_px, min_area_px):
+def watershed_markers(marker, fg, marker_threshold, min_marker_px, min_area_px):
     seeds = remove_small_instances(measure.label((marker >= marker_threshold) & fg, connectivity=1),
                                    int(min_marker_px))
     labels = segmentation.watershed(-marker, seeds, mask=fg)
@@ -380,50 +288,37 @@ def _watershed_markers(marker, fg, marker_threshold, min_marker_px, min_area_px)
     return remove_small_instances(labels, int(min_area_px))
 
 
-def tune_instance_params(probs, gt_labels_list, grid=None, decoder=None):
-    """Choose :func:`decode_instances` settings that maximise pooled instance F1 at IoU 0.5
-    on the ``clean`` subset (:data:`OBJECTIVE`).
+DEFAULT_POST = {"opening_radius": 1, "min_area_nm2": 200.0, "split": False, "min_distance_px": 5}
 
-    Run this on validation folds only (never on the test images).
 
-    Parameters
-    ----------
-    probs : list of (H, W, C) arrays
-        Instance-variant outputs.
-    gt_labels_list : list of (H, W) int arrays
-        Ground-truth instance labels (bool masks are labelled 4-connected).
-    grid : dict of lists, optional
-        Candidate values; keys among ``threshold`` (default 0.5),
-        ``opening_radius`` (1), ``min_area_px`` (0), ``marker_threshold``
-        (0.5), ``min_marker_px`` (0). Default :data:`INSTANCE_GRID`.
-    decoder : str, optional
-        Passed to :func:`decode_instances`.
+INSTANCE_POST = {"marker_threshold": 0.5, "min_marker_px": 0}
 
-    Returns
-    -------
-    dict
-        The best value of every grid key, ``f1_50`` and ``scores`` (every candidate).
+
+def min_area_px(post: dict, pixel_size_nm: float | None) -> int:
+    """The minimum particle area in pixels (``min_area_nm2`` converted; 0 without a pixel size)."""
+    if not pixel_size_nm:
+        return int(post.get("min_area_px", 0))
+    return int(round(float(post.get("min_area_nm2", 0.0)) / float(pixel_size_nm) ** 2))
+
+
+def segment(prob: np.ndarray, threshold: float, post: dict, pixel_size_nm: float | None = None):
+    """Probability map -> (mask, instance labels) with the stored post-processing settings.
+
+    A paper-variant map (H, W) is thresholded, cleaned and labelled (optionally
+    split by a distance watershed); an instance-variant output (H, W, 2 or 3)
+    is decoded with ``post["decoder"]`` (default: by its channel count),
+    ``marker_threshold`` and ``min_marker_px``.
     """
-    from nanoseg.evaluation.metrics import instance_metrics
-
-    defaults = {"threshold": 0.5, "opening_radius": 1, "min_area_px": 0, "marker_threshold": 0.5,
-                "min_marker_px": 0}
-    probs, gts, grid = _grid_search_inputs("tune_instance_params", "probability maps", probs, gt_labels_list,
-                                           INSTANCE_GRID if grid is None else grid, defaults)
-    for pr in probs:
-        if pr.ndim != 3 or pr.shape[-1] not in DECODERS or (decoder and DECODERS[pr.shape[-1]] != decoder):
-            raise NanosegError(f"tune_instance_params: expected {decoder or 'instance-variant'} outputs "
-                               f"(H, W, 2 or 3), got shape {pr.shape}.")
-    keys = list(grid)
-    scores, cleaned = [], {}
-    for values in itertools.product(*(grid[k] for k in keys)):
-        p = {**defaults, **dict(zip(keys, values))}
-        ckey = (p["threshold"], p["opening_radius"])
-        if ckey not in cleaned:
-            cleaned[ckey] = [clean_mask(binarize(foreground_probability(pr), p["threshold"]), 0, p["opening_radius"])
-                             for pr in probs]
-        preds = [_watershed_markers(pr[..., 1], fg, p["marker_threshold"], p["min_marker_px"], p["min_area_px"])
-                 for pr, fg in zip(probs, cleaned[ckey])]
-        scores.append({**{k: p[k] for k in keys}, **_score_entry(instance_metrics(gts, preds))})
-    best = _best_score(scores)
-    return {**best, "scores": scores}
+    post = {**DEFAULT_POST, **(post or {})}
+    area = min_area_px(post, pixel_size_nm)
+    prob = np.asarray(prob)
+    if prob.ndim == 3 and prob.shape[-1] in DECODERS:
+        post = {**INSTANCE_POST, **post}
+        labels = decode_instances(prob, threshold, post.get("decoder"), float(post["marker_threshold"]),
+                                  int(post["min_marker_px"]), int(post["opening_radius"]), area)
+        return labels > 0, labels
+    prob = foreground_probability(prob)
+    mask = clean_mask(binarize(prob, threshold), min_area_px=area, opening_radius=int(post["opening_radius"]))
+    labels = label_instances(mask, split=bool(post["split"]), min_distance_px=int(post["min_distance_px"]))
+    labels = remove_small_instances(labels, area)
+    return labels > 0, labels
