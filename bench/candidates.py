@@ -40,9 +40,10 @@ def main() -> int:
     from nanoseg import tracking
     from nanoseg.model.candidates import make_best_fold, make_ensemble
     from nanoseg.config import load_params, resolve
-    from nanoseg.data.dataset import read_prepared
+    from nanoseg.data.manifest import read_prepared
     from nanoseg.pipeline.stages.train import check_cv, train_final
-    from nanoseg.evaluation.testset import load_test, numeric, score_model
+    from nanoseg.data.testset import load_test
+    from nanoseg.evaluation.testset import numeric, score_model
     from nanoseg.model.training import cpu_model
 
     params = load_params()

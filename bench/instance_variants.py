@@ -61,11 +61,11 @@ KEYS = ("dice", "f1_50", "f1_75", "pq", "median_ecd_rel_error", "ecd_wasserstein
 
 def candidate_params(base: dict, name: str, work: Path) -> dict:
     """The settings of one candidate; its outputs (cv/, plots/) go to ``work/<name>``."""
-    from nanoseg.config import _merge
+    from nanoseg.config import merge_params
 
     if name not in CANDIDATES:
         raise SystemExit(f"unknown candidate {name!r}; choose from {sorted(CANDIDATES)}")
-    params = _merge(base, CANDIDATES[name])
+    params = merge_params(base, CANDIDATES[name])
     weights = params["model"].get("weights")
     if weights not in (None, "imagenet"):
         params["model"]["weights"] = str((Path(base["_root"]) / weights).resolve())
@@ -87,7 +87,7 @@ def smoke_dataset(base: dict, work: Path, n: int = 6, rows: int = 224, cols: int
     import tifffile
 
     from nanoseg.config import resolve
-    from nanoseg.data.dataset import prepare
+    from nanoseg.data.manifest import prepare
     from nanoseg.io.micrograph import read_image_array, read_micrograph
 
     d = base["data"]
@@ -121,7 +121,6 @@ def cv_mode(base, manifest, split, names, args, work) -> dict:
     import keras
 
     from nanoseg.pipeline.crossval import run_cv
-    from nanoseg.data.dataset import load_rows
     from nanoseg.model.network import save_model
     from nanoseg.model.training import fit
 
@@ -176,14 +175,14 @@ def reference_row(path: Path, folds: list[int] | None) -> dict:
 def test_mode(base, manifest, split, models: dict, work) -> dict:
     """Score models and the Otsu baselines on the test images; return ``{method: scores}``."""
     from nanoseg.config import resolve
-    from nanoseg.data.dataset import load_rows
+    from nanoseg.data.manifest import load_rows
     from nanoseg.evaluation.scoring import score
     from nanoseg.postprocess.decode import DEFAULT_POST, min_area_px, segment
     from nanoseg.measure.particles import particle_table
     from nanoseg.model.network import load_model
     from nanoseg.postprocess.decode import baseline_instances, foreground_probability
     from nanoseg.inference.predictor import Predictor
-    from nanoseg.evaluation.testset import load_test
+    from nanoseg.data.testset import load_test
 
     test = load_test(base, manifest, split)
     stems, images, masks, class_masks = test.stems, test.images, test.masks, test.class_masks
@@ -267,7 +266,7 @@ def write_results(result: dict, stem: Path) -> None:
 def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT / "src"))
     from nanoseg.config import load_params, resolve
-    from nanoseg.data.dataset import read_prepared
+    from nanoseg.data.manifest import read_prepared
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("mode", choices=("cv", "test", "all"))

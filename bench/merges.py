@@ -62,9 +62,9 @@ def fold_rows(cv: dict, folds: list[int]) -> dict:
 
 def main() -> int:
     sys.path.insert(0, str(ROOT / "src"))
-    from nanoseg.config import _merge, load_params, resolve
+    from nanoseg.config import merge_params, load_params, resolve
     from nanoseg.pipeline.crossval import run_cv
-    from nanoseg.data.dataset import read_prepared
+    from nanoseg.data.manifest import read_prepared
     from nanoseg.model.training import cpu_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -80,7 +80,7 @@ def main() -> int:
     for col in ("image_path", "mask_path", "class_mask_path"):  # candidates work in their own folders
         manifest[col] = [str((ROOT / p).resolve()) if isinstance(p, str) and p else p for p in manifest[col]]
     if args.epochs:
-        base = _merge(base, {"train": {"epochs": args.epochs, "max_minutes_per_fold": None}})
+        base = merge_params(base, {"train": {"epochs": args.epochs, "max_minutes_per_fold": None}})
     out_json = ROOT / f"bench/results/{args.name}.json"
     earlier = json.loads(out_json.read_text()) if out_json.is_file() else {}
     same = earlier.get("folds") == folds and earlier.get("epochs") == args.epochs
@@ -91,7 +91,7 @@ def main() -> int:
     for name in [n.strip() for n in args.candidates.split(",") if n.strip()]:
         if name not in CANDIDATES:
             raise SystemExit(f"unknown candidate {name!r}; choose from {sorted(CANDIDATES)}")
-        params = _merge(base, CANDIDATES[name])
+        params = merge_params(base, CANDIDATES[name])
         weights = params["model"].get("weights")
         if weights not in (None, "imagenet"):
             params["model"]["weights"] = str((ROOT / weights).resolve())

@@ -35,19 +35,19 @@ KEYS = ("f1_50_clean", "pq_clean", "median_ecd_rel_error_clean", "dice")
 
 
 def inverted(test):
-    """A copy of a :class:`nanoseg.evaluation.testset.HeldOut` with dark particles on a bright background."""
-    from nanoseg.evaluation.testset import HeldOut
+    """A copy of a :class:`nanoseg.data.testset.HeldOut` with dark particles on a bright background."""
+    from nanoseg.data.testset import HeldOut
 
     return HeldOut(test.stems, [1.0 - im for im in test.images], test.masks, test.class_masks, test.pixel_sizes)
 
 
 def rescaled(test, factor: float):
-    """A copy of a :class:`nanoseg.evaluation.testset.HeldOut` zoomed by ``factor`` (pixel sizes divided by it)."""
+    """A copy of a :class:`nanoseg.data.testset.HeldOut` zoomed by ``factor`` (pixel sizes divided by it)."""
     from skimage.transform import resize
 
     from nanoseg.inference.rescale import resample_image
     from nanoseg.model.targets import zoom_mask
-    from nanoseg.evaluation.testset import HeldOut
+    from nanoseg.data.testset import HeldOut
 
     if factor == 1.0:
         return test
@@ -62,8 +62,9 @@ def rescaled(test, factor: float):
 def main() -> int:
     sys.path.insert(0, str(ROOT / "src"))
     from nanoseg.config import load_params, resolve
-    from nanoseg.data.dataset import read_prepared
-    from nanoseg.evaluation.testset import load_test, score_model
+    from nanoseg.data.manifest import read_prepared
+    from nanoseg.data.testset import load_test
+    from nanoseg.evaluation.testset import score_model
     from nanoseg.model.training import cpu_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

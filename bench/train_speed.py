@@ -32,7 +32,8 @@ def run_one(name: str, steps: int) -> dict:
     import tensorflow as tf
 
     from nanoseg.model.losses import dice_coefficient, dice_loss
-    from nanoseg.model.network import build_unet, configure_precision
+    from nanoseg.model.network import build_unet
+    from nanoseg.model.precision import configure_precision
 
     precision, crop = name.split("-")
     crop = int(crop)

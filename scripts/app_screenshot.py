@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ui_screenshot import DevTools, _free_port, find_browser  # noqa: E402
 
 from nanoseg.errors import NanosegError, report_errors  # noqa: E402
-from nanoseg.serving.service import stop_process_group  # noqa: E402
+from nanoseg.processes import stop_process_group  # noqa: E402
 
 
 class AppServer:

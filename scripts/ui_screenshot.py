@@ -34,7 +34,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 from nanoseg.errors import NanosegError, report_errors  # noqa: E402
-from nanoseg.serving.service import stop_process_group  # noqa: E402
+from nanoseg.processes import stop_process_group  # noqa: E402
 
 # best effort, MLflow 3 UI: close the assistant side panel so the runs get the width
 TIDY_JS = ("document.querySelectorAll('button[data-component-id=\"mlflow.assistant.chat_panel.close\"]')"

@@ -46,7 +46,7 @@ class Served:
             return False
 
     def stop(self) -> None:
-        from nanoseg.serving.service import stop_process_group
+        from nanoseg.processes import stop_process_group
 
         stop_process_group(self.proc)
 

@@ -28,7 +28,7 @@ from nanoseg.cli import build_parser, main
 from nanoseg.errors import NanosegError
 from nanoseg.model.network import save_model
 from nanoseg.io.outputs import MARKER
-from nanoseg.inference.predictor import predict_command
+from nanoseg.cli.predict import predict_command
 from tests.conftest import IMAGES, PX_PER_CM
 from tests.s3server import free_ports
 from tests.test_rois import discs_png
@@ -73,7 +73,7 @@ def app(tmp_path_factory, model_folder):
     import uvicorn
 
     from nanoseg.app.web import Workspace, create_app
-    from nanoseg.inference.predictor import load_predictor
+    from nanoseg.inference.loading import load_predictor
 
     predictor, settings = load_predictor(model_folder)
     ws = Workspace(predictor, settings, tmp_path_factory.mktemp("workspace"), str(model_folder))
@@ -277,7 +277,8 @@ def test_page_and_static_files_are_local(app):
 
 
 def test_cli_defaults_and_busy_port():
-    from nanoseg.app.web import DEFAULT_PORT, check_port
+    from nanoseg.app.web import DEFAULT_PORT
+    from nanoseg.cli.app import check_port
     from nanoseg.serving.service import DEFAULT_MODEL
 
     args = build_parser().parse_args(["app"])

@@ -9,15 +9,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from nanoseg.data.dataset import (
-    check_source,
-    make_train_dataset,
-    pair_samples,
-    prepare,
-    random_crops,
-    read_prepared,
-    split_samples,
-)
+from nanoseg.data.dvc_import import check_source
+from nanoseg.data.manifest import pair_samples, prepare, read_prepared
+from nanoseg.data.split import split_samples
+from nanoseg.model.input_pipeline import make_train_dataset, random_crops
 from nanoseg.errors import NanosegError
 from tests.conftest import IMAGES, MASKS
 
@@ -108,7 +103,7 @@ def test_missing_source_folder(tmp_path, params_for):
 def test_import_dataset_through_dvc(small_dataset, tmp_path, params_for):
     import subprocess
 
-    from nanoseg.data.dataset import import_dataset
+    from nanoseg.data.dvc_import import import_dataset
 
     repo = tmp_path / "repo"
     repo.mkdir()

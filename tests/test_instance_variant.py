@@ -13,7 +13,7 @@ import tifffile
 
 from nanoseg.pipeline.crossval import choose_postprocess, config_key
 from nanoseg.model.network import build_unet, save_model
-from nanoseg.inference.predictor import predict_command
+from nanoseg.cli.predict import predict_command
 from tests.conftest import IMAGES, MASKS, PX_PER_CM
 from tests.test_postprocess import _chain, _synthetic_outputs
 

@@ -17,17 +17,9 @@ from PIL import Image
 
 from nanoseg.errors import NanosegError
 from nanoseg.io.masks import read_mask
+from nanoseg.cli.info import info_command
 from nanoseg.io.micrograph import (
-    BitDepthWarning,
-    Micrograph,
-    PixelSizeWarning,
-    detect_databar,
-    effective_bits,
-    info_command,
-    parse_pixel_size,
-    pixel_size_from_tiff,
-    read_image_array,
-    read_micrograph,
+    BitDepthWarning, Micrograph, PixelSizeWarning, detect_databar, effective_bits, parse_pixel_size, pixel_size_from_tiff, read_image_array, read_micrograph,
 )
 
 from tests.conftest import BAM, CLASS_MASKS, IMAGES, MASKS, needs_real_bam

@@ -15,7 +15,7 @@ from nanoseg.errors import NanosegError
 from nanoseg.io.micrograph import read_micrograph
 from nanoseg.model.network import save_model
 from nanoseg.inference.polarity import detect_polarity, parse_polarity, resolve_polarity, to_bright
-from nanoseg.inference.predictor import predict_command
+from nanoseg.cli.predict import predict_command
 from tests.conftest import IMAGES
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from nanoseg.errors import NanosegError
+from nanoseg.serving import pyfunc
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -25,7 +26,8 @@ def save_tiny_model(folder):
     The last decoder level is set by hand to pass the input image through, so the model
     thresholds brightness (particles are bright): its masks hold particles, as a trained one's do.
     """
-    from nanoseg.model.network import build_unet, configure_precision, save_model
+    from nanoseg.model.network import build_unet, save_model
+    from nanoseg.model.precision import configure_precision
 
     configure_precision(False)
     model = build_unet(weights=None, decoder_filters=(8, 8, 8, 8, 8))
@@ -43,7 +45,8 @@ def save_tiny_model(folder):
 
 def save_broken_model(folder):
     """A candidate that outputs foreground everywhere (today's failure, exaggerated)."""
-    from nanoseg.model.network import build_unet, configure_precision, save_model
+    from nanoseg.model.network import build_unet, save_model
+    from nanoseg.model.precision import configure_precision
 
     configure_precision(False)
     model = build_unet(weights=None, decoder_filters=(8, 8, 8, 8, 8))
@@ -127,8 +130,9 @@ def evaluate_and_publish(capsys):
 def score_only(folder):
     """The model's test scores, as evaluate measures them, without registering anything."""
     from nanoseg.config import load_params, resolve
-    from nanoseg.data.dataset import read_prepared
-    from nanoseg.evaluation.testset import load_test, score_model
+    from nanoseg.data.manifest import read_prepared
+    from nanoseg.data.testset import load_test
+    from nanoseg.evaluation.testset import score_model
 
     params = load_params()
     manifest, split = read_prepared(resolve(params, "prepared"))
@@ -177,7 +181,7 @@ def test_publish_gate_end_to_end(project, capsys):
     publish moves @champion only for a candidate that holds its CV estimate and beats the champion."""
     import mlflow
 
-    from nanoseg.inference.predictor import load_predictor
+    from nanoseg.inference.loading import load_predictor
 
     final = project / "models/final"
     # 1. a first candidate far below its CV estimate: registered, validation=failed, no alias
@@ -292,7 +296,7 @@ def test_plain_model_folder_becomes_a_pyfunc(project, tmp_path):
     from nanoseg import tracking
 
     save_tiny_model(project / "models/final")
-    path = tracking.save_pyfunc(project / "models/final", tmp_path / "pyfunc")
+    path = pyfunc.save_pyfunc(project / "models/final", tmp_path / "pyfunc")
     info = mlflow.models.get_model_info(str(path))
     assert info.flavors["python_function"]["artifacts"]["nanoseg_model"]["path"] == "artifacts/final"
     assert (path / "artifacts/final/model.keras").is_file() and info.signature.params

@@ -13,7 +13,7 @@ import tifffile
 
 from nanoseg.errors import NanosegError
 from nanoseg.model.network import save_model
-from nanoseg.inference.predictor import predict_command
+from nanoseg.cli.predict import predict_command
 from nanoseg.inference.rescale import parse_scale, resample_image, resize_labels, scale_factor
 
 MODEL_PX = 7.34  # nm per pixel the (pass-through) model was "trained" at

@@ -15,7 +15,7 @@ from skimage.draw import disk
 from skimage.measure import label
 
 from nanoseg.model.network import save_model
-from nanoseg.inference.predictor import predict_command
+from nanoseg.cli.predict import predict_command
 from nanoseg.io.rois import outline, particle_outlines, polygon_area, write_rois
 from nanoseg.serving.service import example_image
 

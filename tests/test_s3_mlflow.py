@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nanoseg.serving.service import stop_process_group
+from nanoseg.processes import stop_process_group
 from tests.s3server import free_ports
 
 mlflow = pytest.importorskip("mlflow")

@@ -20,6 +20,7 @@ import pytest
 
 from nanoseg import cli
 from nanoseg.errors import NanosegError
+from nanoseg.serving import pyfunc
 from tests.conftest import IMAGES, write_small_dataset
 from tests.served import Served, post
 from tests.test_registry import save_tiny_model
@@ -44,7 +45,7 @@ def store(tmp_path_factory):
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         tracking.setup()
         with tracking.start_run("publish-test"):
-            info = tracking.log_pyfunc(folder, input_example())
+            info = pyfunc.log_pyfunc(folder, input_example())
         tracking.set_alias(info.registered_model_version)
         yield {"root": root, "uri": uri, "folder": folder}
 
@@ -169,9 +170,9 @@ class FakeServer:
 def test_serve_command_runs_uvicorn_with_explicit_limits(store, monkeypatch, tmp_path, capsys):
     """`nanoseg serve`: uvicorn running nanoseg's guard over MLflow's scoring app, with explicit workers,
     concurrency limit and timeout, pickles refused, the store's password masked in what it prints."""
-    from nanoseg.serving import service as serving
+    from nanoseg.cli import serve
 
-    monkeypatch.setattr(serving.subprocess, "Popen", FakeServer)
+    monkeypatch.setattr(serve.subprocess, "Popen", FakeServer)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
     assert cli.main(["serve", "--port", "5099", "--workers", "3", "--max-concurrent", "4", "--timeout", "90"]) == 0
     cmd, env = FakeServer.calls[-1]
@@ -207,8 +208,8 @@ def _legacy_version(folder) -> str:
     with warnings.catch_warnings(), tracking.start_run("publish-legacy"):
         warnings.simplefilter("ignore")
         info = mlflow.pyfunc.log_model(name="model", python_model=NanosegPyfunc(),
-                                       artifacts={tracking.MODEL_ARTIFACT: str(folder)},
-                                       signature=tracking.pyfunc_signature(), registered_model_name="nanoseg")
+                                       artifacts={pyfunc.MODEL_ARTIFACT: str(folder)},
+                                       signature=pyfunc.pyfunc_signature(), registered_model_name="nanoseg")
     local = Path(local_file_uri_to_path(mlflow.get_logged_model(info.model_id).artifact_location))
     assert (local / "python_model.pkl").is_file()
     (local / "python_model.pkl").write_bytes(LEGACY_PICKLE)
@@ -220,7 +221,6 @@ def test_models_from_code_and_pickled_versions_load(store, monkeypatch, tmp_path
     MLflow, and `nanoseg serve` serves its weights through this nanoseg's code without unpickling it."""
     import mlflow
 
-    from nanoseg import tracking
     from nanoseg.serving.service import input_example
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
@@ -228,7 +228,7 @@ def test_models_from_code_and_pickled_versions_load(store, monkeypatch, tmp_path
     source = mlflow.artifacts.download_artifacts("models:/nanoseg@champion", dst_path=str(tmp_path / "code"))
     flavor = mlflow.models.Model.load(source).flavors["python_function"]
     assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model" and "python_model" not in flavor
-    assert tracking.is_own_code(source) and not list(tmp_path.rglob("*.pkl"))
+    assert pyfunc.is_own_code(source) and not list(tmp_path.rglob("*.pkl"))
     with monkeypatch.context() as mp:
         mp.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
         model = mlflow.pyfunc.load_model("models:/nanoseg@champion")
@@ -239,8 +239,8 @@ def test_models_from_code_and_pickled_versions_load(store, monkeypatch, tmp_path
     old = mlflow.pyfunc.load_model(f"models:/nanoseg/{version}")  # pickles allowed: MLflow's default
     assert type(old.unwrap_python_model()).__name__ == "NanosegPyfunc"
     assert old.predict(input_example(), params={"return_images": False}) == new
-    local, note = tracking.servable_model(f"models:/nanoseg/{version}", tmp_path / "serve")
-    assert "is a pickled pyfunc (logged before models from code)" in note and tracking.is_own_code(local)
+    local, note = pyfunc.servable_model(f"models:/nanoseg/{version}", tmp_path / "serve")
+    assert "is a pickled pyfunc (logged before models from code)" in note and pyfunc.is_own_code(local)
     with monkeypatch.context() as mp:
         mp.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
         with pytest.raises(mlflow.exceptions.MlflowException, match="pickle is disallowed"):
@@ -249,8 +249,56 @@ def test_models_from_code_and_pickled_versions_load(store, monkeypatch, tmp_path
     edited = tmp_path / "edited"
     shutil.copytree(source, edited)
     (edited / "served_model.py").write_text("raise SystemExit('registry code must never run')\n")
-    local, note = tracking.servable_model(str(edited), tmp_path / "serve2")
-    assert "holds code other than this nanoseg's" in note and tracking.is_own_code(local)
+    local, note = pyfunc.servable_model(str(edited), tmp_path / "serve2")
+    assert "holds code other than this nanoseg's" in note and pyfunc.is_own_code(local)
+
+
+# served_model.py as every version registered before nanoseg's subpackages holds it (it imports nanoseg.pyfunc)
+PRE_MOVE_SERVED_MODEL = '''"""The served model's code, logged with every model version (MLflow "models from code").
+
+``mlflow.pyfunc.log_model(python_model=<this file>, ...)`` copies this file into the model; loading
+the model runs it, and :func:`mlflow.models.set_model` hands MLflow the model object. Nothing is
+pickled: the model version holds this text, the weights (``artifacts/<folder>/model.keras``, loaded
+by Keras in safe mode) and ``nanoseg.json``. The code itself is the installed nanoseg's
+(:class:`nanoseg.pyfunc.NanosegPyfunc`); ``nanoseg serve`` serves a version through this file only
+when the copy in the registry is byte for byte this one (:func:`nanoseg.tracking.servable_model`).
+"""
+
+import mlflow
+
+from nanoseg.pyfunc import NanosegPyfunc
+
+mlflow.models.set_model(NanosegPyfunc())
+'''
+
+
+def test_versions_registered_before_the_subpackages_load_and_serve(store, monkeypatch, tmp_path):
+    """A version logged with the pre-move served_model.py (``from nanoseg.pyfunc import NanosegPyfunc``) loads
+    with plain MLflow (pickles refused) and answers like the current code; `nanoseg serve` serves it as is."""
+    import hashlib
+
+    import mlflow
+
+    from nanoseg import tracking
+    from nanoseg.serving.service import input_example
+
+    assert hashlib.sha256(PRE_MOVE_SERVED_MODEL.encode()).hexdigest() in pyfunc.LEGACY_MODEL_CODE
+    code = tmp_path / "served_model.py"
+    code.write_text(PRE_MOVE_SERVED_MODEL)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    mlflow.set_tracking_uri(store["uri"])
+    with warnings.catch_warnings(), tracking.start_run("publish-pre-move"):
+        warnings.simplefilter("ignore")
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(code),
+                                       artifacts={pyfunc.MODEL_ARTIFACT: str(store["folder"])},
+                                       signature=pyfunc.pyfunc_signature(), registered_model_name="nanoseg")
+    uri = f"models:/nanoseg/{info.registered_model_version}"
+    old = mlflow.pyfunc.load_model(uri).predict(input_example(), params={"return_images": False})
+    new = mlflow.pyfunc.load_model("models:/nanoseg@champion").predict(input_example(), params={"return_images": False})
+    assert old == new and old[0]["summary"]["n_particles"] > 0
+    local, note = pyfunc.servable_model(uri, tmp_path / "serve")
+    assert note is None and (local / "served_model.py").read_text() == PRE_MOVE_SERVED_MODEL  # served as it is
 
 
 # ----------------------------------------------------------------------------- thread safety, limits, errors
@@ -454,7 +502,7 @@ def _fake_answer(name: str) -> dict:
 
 
 def test_request_out_refuses_collisions_and_existing_answers(tmp_path, monkeypatch, capsys):
-    from nanoseg.serving import service as serving
+    from nanoseg.cli import request
 
     sent = []
 
@@ -462,7 +510,7 @@ def test_request_out_refuses_collisions_and_existing_answers(tmp_path, monkeypat
         sent.append(body)
         return {"predictions": [_fake_answer(r["name"]) for r in body["dataframe_records"]]}
 
-    monkeypatch.setattr(serving, "post", fake_post)
+    monkeypatch.setattr(request, "post", fake_post)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     one, two = tmp_path / "a" / "x.tif", tmp_path / "b" / "x.png"

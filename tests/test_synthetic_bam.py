@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage import measure
 
-from nanoseg.data.dataset import pair_samples
+from nanoseg.data.manifest import pair_samples
 from nanoseg.io.masks import read_mask
 from nanoseg.io.micrograph import read_micrograph
 from nanoseg.inference.polarity import detect_polarity

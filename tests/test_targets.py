@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage import draw, measure
 
-from nanoseg.data.dataset import random_crops
+from nanoseg.model.input_pipeline import random_crops
 from nanoseg.errors import NanosegError
 from nanoseg.model.targets import (BACKGROUND, BOUNDARY, INTERIOR, border_weights, boundary_classes, instance_settings,
                              make_targets, normalized_distance, separate_touching, separating_lines,

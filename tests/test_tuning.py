@@ -209,7 +209,7 @@ def test_two_workers_share_one_study_on_postgresql(postgres):
 def project(tmp_path_factory, bam_dir):
     """A project folder (smoke profile, small dataset, prepared split) with its own store."""
     from nanoseg.config import load_params
-    from nanoseg.data.dataset import prepare
+    from nanoseg.data.manifest import prepare
 
     root = tmp_path_factory.mktemp("tune")
     data = write_small_dataset(bam_dir, root / "dataset", n=8)

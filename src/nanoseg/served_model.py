@@ -5,7 +5,7 @@ the model runs it, and :func:`mlflow.models.set_model` hands MLflow the model ob
 pickled: the model version holds this text, the weights (``artifacts/<folder>/model.keras``, loaded
 by Keras in safe mode) and ``nanoseg.json``. The code itself is the installed nanoseg's
 (:class:`nanoseg.serving.pyfunc.NanosegPyfunc`); ``nanoseg serve`` serves a version through this file only
-when the copy in the registry is byte for byte this one (:func:`nanoseg.tracking.servable_model`).
+when the copy in the registry is byte for byte this one (:func:`nanoseg.serving.pyfunc.servable_model`).
 """
 
 import mlflow

@@ -1,8 +1,8 @@
 """``nanoseg app``: a page for microscopists, served on 127.0.0.1.
 
-Drop micrographs (TIFF, PNG, JPEG) on the page; each one goes through ``nanoseg predict``'s own
-per-image code (:func:`nanoseg.inference.predictor.predict_one`, with ``--roi``) in a temporary folder, so the
-files and numbers are those of ``nanoseg predict --roi`` for the same image and model. The page
+Drop micrographs (TIFF, PNG, JPEG) on the page; each one goes through ``nanoseg predict``'s own code
+(:func:`nanoseg.inference.analyze.analyze`, its files written by :func:`nanoseg.report.results.write_image_files`
+with ``--roi``), so the files and numbers are those of ``nanoseg predict --roi`` for the same image and model. The page
 shows each image with its particle outlines (the polygons of its Fiji ROI set, measurable particles
 yellow, excluded ones cyan) and the detected data bar; a click on a particle shows its row of
 ``particles.csv``; an image's pixel size can be overridden and the image analysed again. The size
@@ -42,15 +42,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
-import socket
 import tempfile
 import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile  # at module level: the endpoints' annotations
@@ -59,7 +56,10 @@ from fastapi.staticfiles import StaticFiles
 from starlette.background import BackgroundTask
 
 from nanoseg.errors import NanosegError
-from nanoseg.serving.service import DEFAULT_MODEL, MAX_IMAGE_BYTES, MAX_IMAGES, MAX_PIXELS, RequestError, answer, image_size
+from nanoseg.report.results import jsonable, particles_frame, plot_run_psd, run_summary
+from nanoseg.serving.payload import check_image
+from nanoseg.serving.payload import safe_name as _safe_name
+from nanoseg.serving.service import DEFAULT_MODEL, MAX_IMAGE_BYTES, MAX_IMAGES, MAX_PIXELS, RequestError, answer
 
 STATIC = Path(__file__).with_name("static")
 DEFAULT_PORT = 5002
@@ -115,10 +115,9 @@ class PageImage:
 
 
 def safe_name(name: str) -> str:
-    """The file name without folders, characters other than word characters, ``.``, ``+``, ``-``
-    replaced by ``_`` (as :func:`nanoseg.serving.service.read_upload` does)."""
-    name = Path(str(name or "").replace("\\", "/")).name
-    return re.sub(r"[^\w.+-]", "_", name).lstrip(".") or "image"
+    """The file name without folders (``/`` or ``\\``), characters other than word characters, ``.``, ``+``,
+    ``-`` replaced by ``_`` (:func:`nanoseg.serving.payload.safe_name`, as the server names uploads)."""
+    return _safe_name(str(name or "").replace("\\", "/")) or "image"
 
 
 def _label_replaced(text: str, path: Path, name: str) -> str:
@@ -131,7 +130,7 @@ class Workspace:
     Parameters
     ----------
     predictor, settings
-        From :func:`nanoseg.inference.predictor.load_predictor`.
+        From :func:`nanoseg.inference.loading.load_predictor`.
     root : Path
         A private folder for the uploads and results (removed by the caller).
     model_ref : str
@@ -170,13 +169,11 @@ class Workspace:
                                "send a smaller file.")
 
     def check_upload(self, data: bytes, name: str) -> None:
-        """Raise :class:`RequestError` for a file over the size or pixel limit (messages as ``nanoseg serve``'s)."""
+        """Raise :class:`RequestError` for a file over the size or pixel limit, a bomb or a stack: the server's
+        check (:func:`nanoseg.serving.payload.check_image`), before anything is decoded."""
         self.check_size(len(data), name)
-        size = image_size(data) if data else None
-        if size and size[0] * size[1] > self.max_pixels:
-            raise RequestError(f"{name}: the image is {size[1]} x {size[0]} px ({size[0] * size[1] / 1e6:.1f} Mpx), "
-                               f"more than the {self.max_pixels / 1e6:.1f} Mpx this server accepts; "
-                               "send a smaller image.")
+        if data:
+            check_image(data, name, self.max_pixels)
 
     def _reserve(self, name: str) -> None:
         stem = Path(name).stem
@@ -229,39 +226,40 @@ class Workspace:
             self.remove(image.id)
 
     def _analyse(self, image: PageImage, pixel_size: str | None) -> None:
-        """``predict_one`` (with ``--roi``) into a fresh ``out`` folder, which then replaces the old one."""
-        import tifffile
-
-        from nanoseg.inference.polarity import parse_polarity
-        from nanoseg.inference.predictor import predict_one
-        from nanoseg.inference.rescale import parse_scale
+        """:func:`~nanoseg.inference.analyze.analyze` the upload; its files (``--roi``) go to a fresh ``out``
+        folder, which then replaces the old one."""
+        from nanoseg.inference.analyze import analyze
+        from nanoseg.io.micrograph import read_micrograph
         from nanoseg.io.rois import particle_outlines
+        from nanoseg.report.overlays import overlay_image
+        from nanoseg.report.results import png_bytes, write_image_files
 
-        args = SimpleNamespace(pixel_size=pixel_size, databar_row=None, scale=parse_scale("auto"),
-                               polarity=parse_polarity("auto"), spread=False, tta=False, roi=True)
         new = Path(tempfile.mkdtemp(prefix="out-", dir=image.folder))
         try:
             with self._run:
                 try:
-                    table, info = predict_one(self.predictor, self.settings, image.source, new, args)
+                    notes: list[str] = []
+                    mg = read_micrograph(image.source, pixel_size=pixel_size, notes=notes)
+                    result = analyze(self.predictor, self.settings, mg, notes=notes)
                 except NanosegError as exc:
                     raise RequestError(_label_replaced(exc, image.source, image.name)) from None
-                view = _view_png(image.source, pixel_size)
-            labels = tifffile.imread(new / f"{image.stem}_labels.tif")
-            outlines = particle_outlines(labels, table["id"].tolist())
+            write_image_files(result, new, roi=True)
+            outlines = particle_outlines(result.labels, result.table["id"].tolist())
+            # the whole frame in gray with predict's scale bar (no outlines: the page draws them)
+            view = png_bytes(overlay_image(mg.pixels, np.zeros(mg.shape, np.uint8), mg.pixel_size_nm, mg.databar_row))
         except BaseException:
             _remove_tree(new)
             raise
         (new / "view.png").write_bytes(view)
-        info = {**info, "path": image.name,
-                "notes": [_label_replaced(n, image.source, image.name) for n in info["notes"]]}
+        info = {**result.info, "path": image.name,
+                "notes": [_label_replaced(n, image.source, image.name) for n in result.info["notes"]]}
         old = image.out
         if old.exists():
             os.replace(old, image.folder / f"old-{secrets.token_hex(4)}")
         os.replace(new, old)
         for stale in image.folder.glob("old-*"):
             _remove_tree(stale)
-        image.table, image.info, image.outlines, image.pixel_size = table, info, outlines, pixel_size
+        image.table, image.info, image.outlines, image.pixel_size = result.table, info, outlines, pixel_size
 
     # ------------------------------------------------------------------ answers
 
@@ -285,53 +283,27 @@ class Workspace:
 
     def particles(self):
         """predict's particles.csv of every image on the page (a DataFrame, upload order)."""
-        import pandas as pd
+        return particles_frame([im.table for im in self.images])
 
-        tables = [im.table for im in self.images]
-        return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-
-    def _ecd(self) -> tuple[np.ndarray, str]:
-        """The ECDs of the measurable particles of all images and their unit, as predict pools them."""
-        from nanoseg.inference.predictor import pooled_ecd
-
+    def summary(self) -> dict:
+        """summary.json of the zip: predict's (:func:`nanoseg.report.results.run_summary`) for these images."""
         images = self.images
-        return pooled_ecd([im.table for im in images], [im.info for im in images])
+        return run_summary([im.table for im in images], [im.info for im in images], [], self.settings,
+                           self.model_ref, written_by="nanoseg app", how="give its pixel size")
 
     def distribution(self) -> dict:
-        """predict's ``ecd_distribution`` (:func:`nanoseg.measure.distribution.size_distribution`) of the page,
-        with ``n_images``, ``n_particles`` and ``unit_note``."""
-        from nanoseg.measure.distribution import size_distribution
-
-        ecd, unit = self._ecd()
-        images = self.images
-        return {"n_images": len(images), "n_particles": int(sum(len(im.table) for im in images)),
-                "n_measurable": int(ecd.size), "unit": unit, "unit_note": _unit_note(unit),
-                "ecd_distribution": size_distribution(ecd, unit=unit)}
+        """predict's ``ecd_distribution`` of the page, with ``n_images``, ``n_particles``, ``n_measurable``, ``unit``
+        and ``unit_note`` (the same fields of :meth:`summary`)."""
+        s = self.summary()
+        return {k: s[k] for k in ("n_images", "n_particles", "n_measurable", "unit", "unit_note", "ecd_distribution")}
 
     def plot(self, path: Path) -> Path:
         """predict's psd.png of the page."""
-        from nanoseg.measure.distribution import plot_psd
-
-        ecd, unit = self._ecd()
-        return plot_psd({"ECD (measurable particles)": ecd}, path, unit=unit,
-                        title=f"{len(ecd)} measurable particles in {len(self.images)} image(s)")
-
-    def summary(self) -> dict:
-        """summary.json of the zip: the run's settings, the distribution and every image's info."""
-        from nanoseg import __version__
-
-        s = self.settings
-        return {"nanoseg_version": __version__, "written_by": "nanoseg app", "model": self.model_ref,
-                "variant": s.get("variant"), "model_run_id": s.get("mlflow_run_id"), "threshold": s["threshold"],
-                "postprocess": s["postprocess"], "tile": s["tile"], "overlap": s["overlap"], "tta": s["tta"],
-                "scale": "auto", "polarity": "auto",
-                "model_pixel_size_nm": (s.get("training_scale") or {}).get("pixel_size_nm"),
-                **self.distribution(), "images": [im.info for im in self.images]}
+        images = self.images
+        return plot_run_psd([im.table for im in images], [im.info for im in images], path)
 
     def write_zip(self, path: Path) -> Path:
         """The folder ``nanoseg predict --roi`` writes for these images, as a zip (``nanoseg-results/...``)."""
-        from nanoseg.inference.predictor import _jsonable
-
         with tempfile.TemporaryDirectory(prefix="zip-", dir=self.root) as tmp:
             psd = self.plot(Path(tmp) / "psd.png")
             with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -340,7 +312,7 @@ class Workspace:
                         if f.name != "view.png":
                             zf.write(f, f"{RESULTS}/{f.name}")
                 zf.writestr(f"{RESULTS}/particles.csv", self.particles().to_csv(index=False))
-                zf.writestr(f"{RESULTS}/summary.json", json.dumps(_jsonable(self.summary()), indent=2) + "\n")
+                zf.writestr(f"{RESULTS}/summary.json", json.dumps(jsonable(self.summary()), indent=2) + "\n")
                 zf.write(psd, f"{RESULTS}/psd.png")
         return path
 
@@ -358,27 +330,6 @@ class Workspace:
 
 def _mib(nbytes: int) -> str:
     return f"{nbytes / (1 << 20):.3g}"
-
-
-def _unit_note(unit: str) -> str:
-    return "sizes in nm" if unit == "nm" else \
-        "sizes in px: no pixel size for at least one image (give its pixel size to measure in nm)"
-
-
-def _view_png(path: Path, pixel_size) -> bytes:
-    """The whole frame in gray with predict's scale bar (no outlines: the page draws them)."""
-    import io
-
-    from PIL import Image
-
-    from nanoseg.io.micrograph import read_micrograph
-    from nanoseg.inference.predictor import overlay_image
-
-    mg = read_micrograph(path, pixel_size=pixel_size, notes=[])  # (predict_one reported its notes)
-    picture = overlay_image(mg.pixels, np.zeros(mg.shape, np.uint8), mg.pixel_size_nm, mg.databar_row)
-    buf = io.BytesIO()
-    Image.fromarray(picture).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _remove_tree(path: Path) -> None:
@@ -455,9 +406,7 @@ def create_app(workspace: Workspace):
 
     @app.get("/api/psd")
     def psd():
-        from nanoseg.inference.predictor import _jsonable
-
-        return _jsonable(ws.distribution())
+        return jsonable(ws.distribution())
 
     def temp_file(suffix: str) -> Path:
         fd, tmp = tempfile.mkstemp(suffix=suffix, dir=ws.root)
@@ -481,33 +430,3 @@ def create_app(workspace: Workspace):
                             background=BackgroundTask(path.unlink, missing_ok=True))
 
     return app
-
-
-# ----------------------------------------------------------------------------- command
-
-
-def check_port(port: int, host: str = HOST) -> None:
-    """Raise NanosegError unless ``host:port`` can be bound now."""
-    with socket.socket() as s:
-        try:
-            s.bind((host, int(port)))
-        except OSError as exc:
-            raise NanosegError(f"{host}:{port}: cannot listen there ({exc.strerror}); another program (an earlier "
-                               "`nanoseg app`?) uses the port: stop it or pass another --port.") from None
-
-
-def app_command(args) -> int:
-    """``nanoseg app [--model URI] [--port 5002]``: load the model, serve the page on 127.0.0.1 until Ctrl+C."""
-    import uvicorn
-
-    from nanoseg.inference.predictor import load_predictor
-
-    model = args.model or DEFAULT_MODEL
-    port = int(args.port or DEFAULT_PORT)
-    check_port(port)
-    predictor, settings = load_predictor(model)
-    with tempfile.TemporaryDirectory(prefix="nanoseg-app-") as tmp:
-        app = create_app(Workspace(predictor, settings, Path(tmp), model))
-        print(f"nanoseg app: model {model}; open http://{HOST}:{port}/ (Ctrl+C stops)", flush=True)
-        uvicorn.run(app, host=HOST, port=port, log_level="warning")
-    return 0

@@ -1,8 +1,10 @@
 """The ``nanoseg`` command line.
 
-Each sub-command is a thin wrapper: it parses arguments and calls one function
-of the module that does the work (imported lazily, so ``nanoseg info`` does not
-pay for importing TensorFlow).
+Each sub-command is a thin wrapper: it parses arguments and calls the ``*_command``
+function of its own module in this package (``nanoseg.cli.info``, ``.data``, ``.predict``,
+``.tune``, ``.serve``, ``.app``, ``.request``; the pipeline stages' ``command`` in
+``nanoseg.pipeline.stages``), imported lazily, so ``nanoseg info`` does not pay for
+importing TensorFlow.
 """
 
 from __future__ import annotations
@@ -45,11 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print size, pixel size and data-bar row of SEM images")
     _image_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=_call("nanoseg.io.micrograph:info_command"))
+    p.set_defaults(func=_call("nanoseg.cli.info:info_command"))
 
     p = sub.add_parser("data", help="bring the raw dataset into data/ under DVC")
     p.add_argument("--source", help="dataset folder (default: data.source in params.yaml)")
-    p.set_defaults(func=_call("nanoseg.data.dataset:import_command"))
+    p.set_defaults(func=_call("nanoseg.cli.data:import_command"))
 
     for stage in ("prepare", "validate", "cv", "train", "evaluate", "publish"):
         p = sub.add_parser(stage, help=f"run the {stage} pipeline stage alone (dvc repro runs them all)")
@@ -71,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ensemble models: also write <stem>_spread.tif, the members' disagreement (std)")
     p.add_argument("--roi", action="store_true",
                    help="also write <stem>_rois.zip, a Fiji ROI set with one polygon per particle")
-    p.set_defaults(func=_call("nanoseg.inference.predictor:predict_command"))
+    p.set_defaults(func=_call("nanoseg.cli.predict:predict_command"))
 
     p = sub.add_parser("tune", help="Optuna search over learning rate and batch size (trials as MLflow runs)")
     p.add_argument("--trials", type=int, help="study size: run until it has this many finished trials "
@@ -80,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "postgresql+psycopg2://user@host/db (default tune.storage)")
     p.add_argument("--study", help="study name (default tune.study + profile)")
     p.add_argument("--timeout", type=float, help="start no new trial after this many minutes")
-    p.set_defaults(func=_call("nanoseg.pipeline.tuning:tune_command"))
+    p.set_defaults(func=_call("nanoseg.cli.tune:tune_command"))
 
     p = sub.add_parser("serve", help="serve a model over HTTP (MLflow's scoring server on uvicorn; POST /invocations)")
     p.add_argument("--model", help="model URI or saved model folder (default models:/nanoseg@champion)")
@@ -91,12 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, help="requests a worker answers at once; more get HTTP 503 "
                    "(default 2)")
     p.add_argument("--timeout", type=int, help="seconds before a request is answered HTTP 504 (default 300)")
-    p.set_defaults(func=_call("nanoseg.serving.service:serve_command"))
+    p.set_defaults(func=_call("nanoseg.cli.serve:serve_command"))
 
     p = sub.add_parser("app", help="a page for microscopists: drop micrographs, see outlines and sizes (127.0.0.1)")
     p.add_argument("--model", help="model URI or saved model folder (default models:/nanoseg@champion)")
     p.add_argument("--port", type=int, default=5002, help="port on 127.0.0.1 (default 5002)")
-    p.set_defaults(func=_call("nanoseg.app.web:app_command"))
+    p.set_defaults(func=_call("nanoseg.cli.app:app_command"))
 
     p = sub.add_parser("request", help="send images to a nanoseg server and print their summaries as JSON")
     p.add_argument("images", nargs="+", metavar="IMAGE")
@@ -104,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-size", help="override the pixel size, e.g. 7.34nm")
     p.add_argument("--out", help="also save masks, labels and particles.csv to this folder")
     p.add_argument("--overwrite", action="store_true", help="replace answers already saved in --out")
-    p.set_defaults(func=_call("nanoseg.serving.service:request_command"))
+    p.set_defaults(func=_call("nanoseg.cli.request:request_command"))
 
     return parser
 

@@ -219,7 +219,8 @@ def _measurable_ids(labels, spec):
     return ids[spec.astype(bool)]
 
 
-def _ecd(labels, ids, pixel_size_nm):
+def ecd_values(labels, ids, pixel_size_nm):
+    """Equivalent-circle diameters of the instances ``ids`` of ``labels`` (nm with a pixel size, else px)."""
     areas = np.bincount(labels.ravel())[ids] if len(ids) else np.zeros(0)
     return np.sqrt(4.0 * areas / np.pi) * (1.0 if pixel_size_nm is None else pixel_size_nm)
 
@@ -325,12 +326,12 @@ def instance_metrics(gt_labels, pred_labels, pixel_size_nm=None, gt_measurable=N
         c["fn"] += len(set_g) - len(hit_g)
         c["fp"] += len(set_p - hit_p)
         c["tp75"] += sum(1 for a, _, _ in m75["matches"] if a in set_g)
-        ecd["gt"].append(_ecd(g, _measurable_ids(g, None), px))
-        ecd["pred"].append(_ecd(p, _measurable_ids(p, None), px))
-        ecd["gt_m"].append(_ecd(g, _measurable_ids(g, sg), px))
-        ecd["pred_m"].append(_ecd(p, _measurable_ids(p, sp), px))
-        ecd["gt_c"].append(_ecd(g, cg, px))
-        ecd["pred_c"].append(_ecd(p, cp, px))
+        ecd["gt"].append(ecd_values(g, _measurable_ids(g, None), px))
+        ecd["pred"].append(ecd_values(p, _measurable_ids(p, None), px))
+        ecd["gt_m"].append(ecd_values(g, _measurable_ids(g, sg), px))
+        ecd["pred_m"].append(ecd_values(p, _measurable_ids(p, sp), px))
+        ecd["gt_c"].append(ecd_values(g, cg, px))
+        ecd["pred_c"].append(ecd_values(p, cp, px))
     ecd = {k: np.concatenate(v) for k, v in ecd.items()}
     out = _detection(tp, fp, fn, tp75, iou_sum)
     out.update(_size_stats(ecd["gt"], ecd["pred"]))

@@ -19,18 +19,6 @@ from nanoseg.evaluation.metrics import instance_metrics, pixel_metrics
 from nanoseg.postprocess.decode import DEFAULT_POST, baseline_instances, foreground_probability, min_area_px
 
 
-def pixel_sizes(manifest, stems) -> list:
-    """Each image's own pixel size in nm (None where the manifest has none), in the order of ``stems``."""
-    by = manifest.set_index("stem")["pixel_size_nm"]
-    return [None if not np.isfinite(v) else float(v) for v in (float(by.loc[s]) for s in stems)]
-
-
-def median_pixel_size(manifest) -> float | None:
-    """The median pixel size of the manifest's images (None when none has one)."""
-    px = manifest["pixel_size_nm"]
-    return float(np.nanmedian(px)) if px.notna().any() else None
-
-
 def training_scale(masks, pixel_sizes_nm) -> dict:
     """The scale a model was trained at: median pixel size of its training images and the size range of
     the manual particles it saw (clean subset: not cut by the border, >= 20 px).
@@ -48,12 +36,12 @@ def training_scale(masks, pixel_sizes_nm) -> dict:
         ``pixel_size_nm`` (median, None without pixel sizes), ``ecd_nm`` ({``p05``, ``median``, ``p95``}, None
         without pixel sizes) and ``ecd_px`` (the same in pixels).
     """
-    from nanoseg.evaluation.metrics import _ecd, clean_ids
+    from nanoseg.evaluation.metrics import clean_ids, ecd_values
 
     ecd_px, ecd_nm = [], []
     for m, px in zip(masks, pixel_sizes_nm):
         lab = truth_labels(m)
-        d = _ecd(lab, clean_ids(lab), None)
+        d = ecd_values(lab, clean_ids(lab), None)
         ecd_px.append(d)
         if px:
             ecd_nm.append(d * float(px))

@@ -1,9 +1,7 @@
-"""The held-out test images, and scoring a model on them exactly as users get it.
+"""Scoring a model on the held-out test images (:func:`nanoseg.data.testset.load_test`) exactly as users get it.
 
-:func:`load_test` reads the test split once (images, manual masks, measurable-particle masks,
-each image's own pixel size); :func:`score_model` opens a model folder through
-:func:`nanoseg.inference.predictor.load_predictor` — the same settings, threshold and post-processing that
-``nanoseg predict`` and the server use, taken from the model's own metadata — and scores it with
+:func:`score_model` opens a model folder through :func:`nanoseg.inference.loading.load_predictor` — the same
+settings, threshold and post-processing that ``nanoseg predict`` and the server use, taken from the model's own metadata — and scores it with
 :func:`nanoseg.evaluation.scoring.score`. ``evaluate`` scores the candidate and the current champion this
 way; ``publish`` and the benchmarks reuse it.
 """
@@ -11,45 +9,10 @@ way; ``publish`` and the benchmarks reuse it.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
-from nanoseg.config import resolve
-from nanoseg.data.dataset import load_rows
-
-
-@dataclass
-class HeldOut:
-    stems: list
-    images: list
-    masks: list
-    class_masks: list | None
-    pixel_sizes: list
-
-
-def _class_masks(manifest, stems, root, rows):
-    from nanoseg.io.masks import read_mask
-
-    by = manifest.set_index("stem")
-    out = []
-    for s in stems:
-        path = by.loc[s, "class_mask_path"]
-        if not isinstance(path, str) or not path:
-            return None
-        out.append(read_mask(resolve({"_root": root}, path))[:rows[s]])
-    return out
-
-
-def load_test(params: dict, manifest, split: dict, stems=None) -> HeldOut:
-    """The test images (``split["test"]`` unless ``stems``), cropped to their sample areas."""
-    from nanoseg.evaluation.scoring import pixel_sizes
-
-    root = params["_root"]
-    stems = list(split["test"] if stems is None else stems)
-    images, masks = load_rows(manifest, stems, root)
-    rows = dict(zip(manifest["stem"], manifest["crop_rows"].astype(int)))
-    return HeldOut(stems, images, masks, _class_masks(manifest, stems, root, rows), pixel_sizes(manifest, stems))
+from nanoseg.data.testset import HeldOut
 
 
 def score_model(folder, test: HeldOut, batch: int | None = None, scale="auto", polarity="auto",
@@ -67,7 +30,8 @@ def score_model(folder, test: HeldOut, batch: int | None = None, scale="auto", p
         ``seconds_per_image`` (probability map + decoding), ``probs`` (foreground probability per image).
     """
     from nanoseg.evaluation.scoring import score
-    from nanoseg.inference.predictor import infer, load_predictor
+    from nanoseg.inference.analyze import infer
+    from nanoseg.inference.loading import load_predictor
 
     predictor, settings = load_predictor(str(folder), batch=batch)
     threshold, post = settings["threshold"], settings["postprocess"]

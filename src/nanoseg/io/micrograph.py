@@ -36,13 +36,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import json
+import io
 import logging
 import math
 import numbers
 import operator
 import re
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,13 +49,13 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from nanoseg.errors import NanosegError, one_line
+from nanoseg.errors import NanosegError
 from nanoseg.io.layout import TIFF_MAGIC, check_layout, image_layout, max_pixels_limit
 
 __all__ = [
     "Micrograph", "MicrographWarning", "PixelSizeWarning", "BitDepthWarning", "read_micrograph",
     "parse_pixel_size", "parse_databar_row", "pixel_size_from_tiff", "detect_databar", "read_image_array",
-    "probe_image", "effective_bits", "image_options", "info_command",
+    "probe_image", "effective_bits", "image_options",
     "RESOLUTION_RANGE_NM", "quiet_tifffile",
 ]
 
@@ -357,8 +356,12 @@ def quiet_tifffile():
         _TIFFFILE_LOG.reset(token)
 
 
-def _check_file(path: Path) -> bytes:
+def _check_file(path: Path, data: bytes | None = None) -> bytes:
     """Raise NanosegError for a missing, non-regular or empty file; return its first bytes."""
+    if data is not None:
+        if not data:
+            raise NanosegError(f"{path}: the file is empty (0 bytes); copy it again from its source.")
+        return bytes(data[:8])
     if not path.exists():
         raise NanosegError(f"{path}: no such file; check the path and the working folder.")
     if not path.is_file():
@@ -372,7 +375,7 @@ def _check_file(path: Path) -> bytes:
         raise NanosegError(f"{path}: cannot open the file ({exc.strerror}); check its permissions.") from None
 
 
-def probe_image(path, max_pixels=None):
+def probe_image(path, max_pixels=None, data: bytes | None = None):
     """Check an image file before decoding it: it exists, is not empty, and its header declares one
     2-D image within the pixel limit (:mod:`nanoseg.io.layout`).
 
@@ -381,6 +384,8 @@ def probe_image(path, max_pixels=None):
     path : str or Path
     max_pixels : int, optional
         The limit; None: ``$NANOSEG_MAX_PIXELS`` or :data:`~nanoseg.io.layout.DEFAULT_MAX_PIXELS`.
+    data : bytes, optional
+        The file's bytes, already in memory (an upload); ``path`` then only names it in messages.
 
     Returns
     -------
@@ -393,8 +398,8 @@ def probe_image(path, max_pixels=None):
         Missing, folder, empty, unreadable, too large, a decompression bomb, a stack.
     """
     path = Path(path)
-    head = _check_file(path)
-    layout = image_layout(path, str(path))
+    head = _check_file(path, data)
+    layout = image_layout(path if data is None else data, str(path))
     if layout is None and head[:4] not in TIFF_MAGIC:  # (a damaged TIFF gets tifffile's reason when it is read)
         raise _not_an_image(path)
     check_layout(layout, str(path), max_pixels_limit(max_pixels))
@@ -406,10 +411,10 @@ def _not_an_image(path: Path) -> NanosegError:
     return NanosegError(f"{path}: not a TIFF or PNG image{hint}; check the file, or export the micrograph as TIFF.")
 
 
-def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray | None, tuple[float | None, str, str]]:
+def _read_tiff(path: Path, data: bytes | None = None) -> tuple[np.ndarray, np.ndarray | None, tuple[float | None, str, str]]:
     with quiet_tifffile() as log:
         try:
-            with tifffile.TiffFile(path) as tif:
+            with tifffile.TiffFile(path if data is None else io.BytesIO(data)) as tif:
                 if not len(tif.pages):
                     raise ValueError("the file holds no image")
                 page = tif.pages.first
@@ -431,11 +436,11 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray | None, tuple[float |
     return array, colormap, pixel_size
 
 
-def _read_pillow(path: Path) -> tuple[np.ndarray, np.ndarray | None, tuple[float | None, str, str]]:
+def _read_pillow(path: Path, data: bytes | None = None) -> tuple[np.ndarray, np.ndarray | None, tuple[float | None, str, str]]:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with Image.open(path if data is None else io.BytesIO(data)) as im:
             im.load()
             colormap = None
             if im.mode == "P":
@@ -475,16 +480,17 @@ def _squeeze_alpha(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _read_stored(path, max_pixels=None) -> tuple[Path, np.ndarray, np.ndarray | None, tuple[float | None, str, str]]:
-    """The image of a file as stored (channels last), its palette (if any) and (pixel size, source, note),
-    after :func:`probe_image`."""
+def _read_stored(path, max_pixels=None, data: bytes | None = None
+                 ) -> tuple[Path, np.ndarray, np.ndarray | None, tuple[float | None, str, str]]:
+    """The image of a file (or of its bytes ``data``) as stored (channels last), its palette (if any) and
+    (pixel size, source, note), after :func:`probe_image`."""
     path = Path(path)
-    probe_image(path, max_pixels)
-    head = _check_file(path)
+    probe_image(path, max_pixels, data)
+    head = _check_file(path, data)
     if head[:4] in TIFF_MAGIC:
-        array, colormap, pixel_size = _read_tiff(path)
+        array, colormap, pixel_size = _read_tiff(path, data)
     else:
-        array, colormap, pixel_size = _read_pillow(path)
+        array, colormap, pixel_size = _read_pillow(path, data)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4))):
@@ -709,7 +715,7 @@ def _databar(path: Path, pixels: np.ndarray, databar_row) -> int:
 
 
 def read_micrograph(path, pixel_size=None, databar_row=None, max_pixels=None,
-                    notes: list | None = None) -> Micrograph:
+                    notes: list | None = None, data: bytes | None = None) -> Micrograph:
     """Read an SEM micrograph (TIFF, PNG or JPEG) with its pixel size and data-bar row.
 
     Parameters
@@ -727,6 +733,9 @@ def read_micrograph(path, pixel_size=None, databar_row=None, max_pixels=None,
     notes : list, optional
         Given, the missing-pixel-size and bit-depth messages are appended to it instead of being issued
         as warnings (no warning filters needed: thread-safe, for the server).
+    data : bytes, optional
+        The file's bytes, already in memory (an upload to the server or the app): nothing is read from
+        disk and ``path`` only names the image (``Micrograph.path``, messages).
 
     Returns
     -------
@@ -739,7 +748,7 @@ def read_micrograph(path, pixel_size=None, databar_row=None, max_pixels=None,
     BitDepthWarning
         16-bit data using only 8, 10, 12 or 14 bits, scaled by them.
     """
-    path, array, colormap, (nm, source, note) = _read_stored(path, max_pixels)
+    path, array, colormap, (nm, source, note) = _read_stored(path, max_pixels, data)
     bits = effective_bits(array) if colormap is None else None
     if bits:
         _warn_bits(path, array, bits, notes)
@@ -752,19 +761,7 @@ def read_micrograph(path, pixel_size=None, databar_row=None, max_pixels=None,
     return Micrograph(path, pixels, nm, source, int(_databar(path, pixels, databar_row)), described)
 
 
-# --------------------------------------------------------------------------- CLI
-
-
-def _summary(m: Micrograph) -> dict:
-    fov = m.field_of_view_um
-    return {
-        "path": str(m.path), "name": m.path.name, "width": m.width, "height": m.height,
-        "source_dtype": m.source_dtype, "pixel_size_nm": m.pixel_size_nm,
-        "pixel_size_source": m.pixel_size_source, "databar_row": m.databar_row,
-        "crop_rows_32": m.databar_row // 32 * 32,
-        "field_of_view_um": None if fov is None else {"width": fov[0], "height": fov[1]},
-        "field_of_view_of": "sample above the data bar",
-    }
+# --------------------------------------------------------------------------- command-line options
 
 
 def image_options(args) -> tuple[float | None, int | str | None, int]:
@@ -782,66 +779,3 @@ def image_options(args) -> tuple[float | None, int | str | None, int]:
             max_pixels_limit(getattr(args, "max_pixels", None)))
 
 
-def _info_item(path, pixel_size, databar_row, max_pixels) -> dict:
-    notes: list[str] = []
-    item = _summary(read_micrograph(path, pixel_size, databar_row, max_pixels, notes=notes))
-    item["notes"] = [n.replace(f"{path}: ", "", 1) for n in notes]
-    return item
-
-
-def _print_item(item: dict) -> None:
-    w, h, row = item["width"], item["height"], item["databar_row"]
-    if item["pixel_size_nm"] is None:
-        size = "unknown: sizes will be in pixels (give --pixel-size, e.g. 7.34nm)"
-        fov = "unknown (no pixel size)"
-    else:
-        size = f"{item['pixel_size_nm']:.3f} nm ({item['pixel_size_source']})"
-        fov = "{width:.3f} x {height:.3f} µm (sample above the data bar)".format(**item["field_of_view_um"])
-    bar = f"none (row {row} = image height)" if row == h else f"from row {row}"
-    print(
-        f"{item['name']}\n"
-        f"  size           {w} x {h} px, {item['source_dtype']}\n"
-        f"  pixel size     {size}\n"
-        f"  data bar       {bar}; sample rows 0-{row - 1}, {item['crop_rows_32']} rows in 32-row crops\n"
-        f"  field of view  {fov}"
-        + "".join(f"\n  note           {note}" for note in item["notes"])
-    )
-
-
-def info_command(args) -> int:
-    """``nanoseg info IMAGE... [--pixel-size X] [--databar-row N] [--max-pixels N] [--json]``.
-
-    Every image is described; one that cannot be read is reported on stderr (one line) and skipped.
-
-    Returns
-    -------
-    int
-        0, or 1 when some (not all) images could not be read.
-
-    Raises
-    ------
-    NanosegError
-        For bad options, or when no image could be read.
-    """
-    options = image_options(args)
-    items, failed = [], []
-    for path in args.images:
-        try:
-            items.append(_info_item(path, *options))
-        except NanosegError as exc:
-            if len(args.images) == 1:
-                raise
-            print(f"nanoseg: error: {one_line(exc)}", file=sys.stderr)
-            failed.append(str(path))
-    if not items:
-        raise NanosegError(f"none of the {len(failed)} images could be read (see the errors above).")
-    if getattr(args, "json", False):
-        print(json.dumps(items, indent=2, ensure_ascii=False))
-    else:
-        for item in items:
-            _print_item(item)
-    if failed:
-        print(f"nanoseg: {len(failed)} of {len(args.images)} images could not be read: {', '.join(failed)}",
-              file=sys.stderr)
-        return 1
-    return 0

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-MEASURABLE_RGB = (255, 220, 0)   # the overlay colour of nanoseg.inference.predictor.overlay_image
+MEASURABLE_RGB = (255, 220, 0)   # the overlay colour of nanoseg.report.overlays.overlay_image
 EXCLUDED_RGB = (0, 200, 255)
 
 # unit steps (drow, dcol) of the four edge directions, counter-clockwise order as seen on screen

@@ -128,3 +128,17 @@ def plot_psd(values_by_label, path, unit="nm", title=None):
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return path
+
+
+def _ecd_values(table, unit: str) -> np.ndarray:
+    measurable = table[table["measurable"].astype(bool)] if len(table) else table
+    if unit == "nm":
+        return measurable["ecd_nm"].to_numpy(float)
+    return np.sqrt(4 * measurable["area_px"].to_numpy(float) / np.pi)
+
+
+def pooled_ecd(tables, infos) -> tuple[np.ndarray, str]:
+    """The ECDs of the measurable particles of several images and their unit: nm when every image has a
+    pixel size, else px (``nanoseg predict``'s summary and psd.png, the app's PSD)."""
+    unit = "nm" if all(i["pixel_size_nm"] for i in infos) else "px"
+    return np.concatenate([np.zeros(0), *(_ecd_values(t, unit) for t in tables)]), unit

@@ -3,7 +3,7 @@
 Adam (lr 1e-4), batch 4, Dice loss, up to 200 epochs with EarlyStopping on
 the validation loss (best weights restored) — all from ``params.yaml``
 (``train:``). Random augmented crops come from
-:func:`nanoseg.data.dataset.make_train_dataset`; validation runs on the full
+:func:`nanoseg.model.input_pipeline.make_train_dataset`; validation runs on the full
 validation images. ``train.max_minutes_per_fold`` caps the wall time (the
 ``cpu`` profile), ``train.steps_per_epoch`` sets how many batches make an epoch,
 ``train.freeze_encoder`` keeps the ImageNet encoder fixed (only the decoder trains).
@@ -112,7 +112,8 @@ def build_compiled(params: dict):
     import keras
 
     from nanoseg.model.losses import InstanceLoss, dice_coefficient, dice_loss, instance_training_metrics
-    from nanoseg.model.network import build_unet, configure_precision
+    from nanoseg.model.network import build_unet
+    from nanoseg.model.precision import configure_precision
     from nanoseg.model.targets import instance_settings
 
     t, m = params["train"], params["model"]
@@ -169,7 +170,7 @@ def fit(train_images, train_masks, val_images, val_masks, params: dict, log=None
     import keras
     import tensorflow as tf
 
-    from nanoseg.data.dataset import make_train_dataset
+    from nanoseg.model.input_pipeline import make_train_dataset
     from nanoseg.model.targets import training_targets, zoom_targets
 
     t = params["train"]

@@ -25,7 +25,7 @@ import numpy as np
 
 from nanoseg.atomic import atomic_path, copy_file, write_json
 from nanoseg.config import resolve
-from nanoseg.data.dataset import load_rows
+from nanoseg.data.manifest import load_rows
 from nanoseg.postprocess.decode import foreground_probability
 from nanoseg.model.targets import instance_settings
 
@@ -117,7 +117,8 @@ def run_fold(k: int, fold: dict, manifest, params: dict, fold_dir: Path, key: st
     import keras
 
     from nanoseg import tracking
-    from nanoseg.evaluation.scoring import pixel_sizes, training_scale
+    from nanoseg.data.manifest import pixel_sizes
+    from nanoseg.evaluation.scoring import training_scale
     from nanoseg.evaluation.metrics import pixel_metrics
     from nanoseg.model.network import save_model
     from nanoseg.report.plots import learning_curves
@@ -241,7 +242,8 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
 
     from nanoseg import tracking
     from nanoseg.evaluation.error_analysis import classify_errors, merged_mask, summarize_errors
-    from nanoseg.evaluation.scoring import median_pixel_size, pixel_sizes, score, truth_labels
+    from nanoseg.data.manifest import median_pixel_size, pixel_sizes
+    from nanoseg.evaluation.scoring import score, truth_labels
     from nanoseg.postprocess.decode import segment
     from nanoseg.evaluation.metrics import PIXEL_METRICS, choose_threshold, summarize_folds
     from nanoseg.report.plots import error_bars, error_overlay, metric_bars

@@ -35,7 +35,7 @@ from pathlib import Path
 import yaml
 
 from nanoseg.atomic import atomic_path, write_text
-from nanoseg.config import load_params, resolve, store_root
+from nanoseg.config import resolve, store_root
 from nanoseg.errors import NanosegError
 
 BEST_FILE = "tune/best_params.yaml"
@@ -355,7 +355,7 @@ def save_plots(study, folder: str | os.PathLike) -> list[Path]:
 
 def load_fold_data(params: dict, manifest, split: dict, folds: list[int]) -> dict:
     """Images and masks of the chosen folds, each image read once."""
-    from nanoseg.data.dataset import load_rows
+    from nanoseg.data.manifest import load_rows
 
     stems = sorted({s for k in folds for part in ("train", "val") for s in split["folds"][k][part]})
     images, masks = load_rows(manifest, stems, params["_root"])
@@ -371,8 +371,8 @@ def tune(params: dict, n_trials: int | None = None, storage: str | None = None, 
          timeout_minutes: float | None = None) -> dict:
     """Run (or continue) the study; write ``tune/best_params.yaml`` and the plots; return the best setting."""
     from nanoseg import tracking
-    from nanoseg.data.dataset import read_prepared
-    from nanoseg.evaluation.scoring import median_pixel_size
+    from nanoseg.data.manifest import read_prepared
+    from nanoseg.data.manifest import median_pixel_size
 
     t = params.get("tune") or {}
     if not t:
@@ -436,9 +436,3 @@ def _report(study, params: dict, url: str, tracking, ran: int) -> None:
     print(f"tune: reproduce it with:  {best['command']}")
 
 
-def tune_command(args) -> int:
-    """``nanoseg tune [--trials N] [--storage URL] [--study NAME] [--timeout MINUTES]``."""
-    params = load_params()
-    tune(params, getattr(args, "trials", None), getattr(args, "storage", None), getattr(args, "study", None),
-         getattr(args, "timeout", None))
-    return 0

@@ -1,7 +1,7 @@
 """The served model's payload: JSON request -> checked image files, results -> JSON answer.
 
 The request codec shared by the server (:mod:`nanoseg.serving.service`, :mod:`nanoseg.serving.pyfunc`), the client
-(``nanoseg request``) and the model's signature (:func:`nanoseg.tracking.pyfunc_signature`). It imports
+(``nanoseg request``) and the model's signature (:func:`nanoseg.serving.pyfunc.pyfunc_signature`). It imports
 no MLflow and no TensorFlow, and of nanoseg only :mod:`nanoseg.errors` and the header reading of
 :mod:`nanoseg.io.layout` (lazily also the size statistics of :mod:`nanoseg.measure.distribution`): the layers
 above (predict, tracking, serving) import it, never the other way round.
@@ -246,14 +246,15 @@ def _suffix(data: bytes) -> str:
     return ".tif" if data[:4] in TIFF_MAGIC else ".png" if data[:8] == PNG_MAGIC else ".img"
 
 
-def read_upload(record: dict, index: int, max_pixels: int = MAX_PIXELS) -> tuple[bytes, str, str]:
-    """Check one record: returns (file bytes, file name, label for messages); nothing is decoded yet."""
-    name = record.get("name")
-    if name is not None and not isinstance(name, str):
-        raise RequestError(f"image {index + 1}: 'name' is {type(name).__name__}, not a string; give the file name.")
-    name = Path(name or "").name
-    label = f"image {index + 1}" + (f" ({one_line(name, 80)})" if name else "")
-    data = decode_image(record.get("image"), label)
+def check_image(data: bytes, label: str, max_pixels: int = MAX_PIXELS):
+    """Check an image file's bytes from its header, before anything is decoded (the server's and the app's
+    upload check): no decompression bomb, at most ``max_pixels``, one plane. Returns its layout (None when
+    the header is not recognised: reading the file says why).
+
+    Raises
+    ------
+    RequestError
+    """
     try:
         layout = image_layout(data, label)
     except NanosegError as exc:  # a decompression bomb
@@ -265,8 +266,26 @@ def read_upload(record: dict, index: int, max_pixels: int = MAX_PIXELS) -> tuple
     if layout and layout.planes > 1:
         raise RequestError(f"{label}: a stack of {layout.planes} images, not one 2-D micrograph; send each plane "
                            "as its own image.")
-    safe = re.sub(r"[^\w.+-]", "_", name).lstrip(".")
-    return data, safe or f"image_{index + 1}{_suffix(data)}", label
+    return layout
+
+
+def safe_name(name: str) -> str:
+    """A file name without folders, characters other than word characters, ``.``, ``+``, ``-`` replaced by
+    ``_`` (empty when nothing is left)."""
+    name = Path(str(name or "")).name
+    return re.sub(r"[^\w.+-]", "_", name).lstrip(".")
+
+
+def read_upload(record: dict, index: int, max_pixels: int = MAX_PIXELS) -> tuple[bytes, str, str]:
+    """Check one record: returns (file bytes, file name, label for messages); nothing is decoded yet."""
+    name = record.get("name")
+    if name is not None and not isinstance(name, str):
+        raise RequestError(f"image {index + 1}: 'name' is {type(name).__name__}, not a string; give the file name.")
+    name = Path(name or "").name
+    label = f"image {index + 1}" + (f" ({one_line(name, 80)})" if name else "")
+    data = decode_image(record.get("image"), label)
+    check_image(data, label, max_pixels)
+    return data, safe_name(name) or f"image_{index + 1}{_suffix(data)}", label
 
 
 # ----------------------------------------------------------------------------- results

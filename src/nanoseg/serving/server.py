@@ -2,7 +2,7 @@
 
 uvicorn runs :func:`create_app` in each worker (``uvicorn --factory nanoseg.serving.server:create_app``):
 it loads the pyfunc model folder named by ``NANOSEG_SERVE_MODEL`` (prepared by
-:func:`nanoseg.tracking.servable_model`, pickles refused), builds MLflow's scoring app (``/ping``,
+:func:`nanoseg.serving.pyfunc.servable_model`, pickles refused), builds MLflow's scoring app (``/ping``,
 ``/health``, ``/version``, ``/invocations``; its timeout ``MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT``
 answers 504) and wraps it in :class:`Guard`, which handles ``/invocations``:
 

@@ -3,7 +3,7 @@
 from nanoseg.atomic import write_json
 from nanoseg.config import load_params, resolve
 from nanoseg.pipeline.crossval import run_cv
-from nanoseg.data.dataset import read_prepared
+from nanoseg.data.manifest import read_prepared
 from nanoseg.errors import report_errors
 
 

@@ -11,7 +11,7 @@ overlays to ``plots/test/``; logs an MLflow run ``evaluate-<label>-<profile>``.
 
 from nanoseg.atomic import write_json
 from nanoseg.config import load_params, resolve
-from nanoseg.data.dataset import read_prepared
+from nanoseg.data.manifest import read_prepared
 from nanoseg.errors import report_errors
 
 MODEL = "models/final"
@@ -22,7 +22,8 @@ def command(args=None) -> int:
     from nanoseg.evaluation.error_analysis import merged_mask
     from nanoseg.evaluation.scoring import baselines, truth_labels
     from nanoseg.report.plots import error_bars, error_overlay
-    from nanoseg.evaluation.testset import load_test, model_fingerprint, numeric, score_champion, score_model, split_fingerprint
+    from nanoseg.data.testset import load_test
+    from nanoseg.evaluation.testset import model_fingerprint, numeric, score_champion, score_model, split_fingerprint
 
     params = load_params()
     manifest, split = read_prepared(resolve(params, "prepared"))

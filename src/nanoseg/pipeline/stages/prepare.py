@@ -1,7 +1,7 @@
 """Stage ``prepare``: pair images with masks, split 85/15 + 5 folds, write the manifest."""
 
 from nanoseg.config import load_params, resolve
-from nanoseg.data.dataset import prepare
+from nanoseg.data.manifest import prepare
 from nanoseg.errors import report_errors
 
 OUT = "prepared"

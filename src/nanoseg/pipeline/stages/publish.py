@@ -166,9 +166,11 @@ def _paragraph(record: dict) -> str:
 def publish(params: dict) -> dict:
     """Register ``models/final``, apply the gate; return the record written to ``reports/publish.json``."""
     from nanoseg import tracking
-    from nanoseg.data.dataset import read_prepared
+    from nanoseg.data.manifest import read_prepared
     from nanoseg.serving.payload import input_example
-    from nanoseg.evaluation.testset import load_test, model_fingerprint, score_champion, split_fingerprint
+    from nanoseg.serving.pyfunc import log_pyfunc
+    from nanoseg.data.testset import load_test
+    from nanoseg.evaluation.testset import model_fingerprint, score_champion, split_fingerprint
     from nanoseg.model.training import cpu_model
 
     folder, test_file, cv_file = resolve(params, MODEL), resolve(params, TEST), resolve(params, CV)
@@ -218,10 +220,10 @@ def publish(params: dict) -> dict:
     with tracking.start_run(f"publish-{variant}-{profile}",
                             tags={"stage": "publish", "variant": variant, "profile": profile}) as run:
         tracking.log_metrics({f"test_{k}": v for k, v in test.items()})
-        info = tracking.log_pyfunc(folder, input_example(), tags=tags, registered_name=name,
-                                   metadata={"nanoseg": {k: meta.get(k) for k in ("variant", "candidate", "threshold",
-                                                                                 "tile", "overlap", "postprocess",
-                                                                                 "training_scale")}})
+        info = log_pyfunc(folder, input_example(), tags=tags, registered_name=name,
+                          metadata={"nanoseg": {k: meta.get(k) for k in ("variant", "candidate", "threshold",
+                                                                        "tile", "overlap", "postprocess",
+                                                                        "training_scale")}})
         version = str(info.registered_model_version)
         tracking.set_version_tags(version, tags, name)
         if passed:

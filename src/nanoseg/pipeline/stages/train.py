@@ -19,7 +19,7 @@ from pathlib import Path
 
 from nanoseg.atomic import copy_file, write_json
 from nanoseg.config import load_params, resolve
-from nanoseg.data.dataset import load_rows, read_prepared
+from nanoseg.data.manifest import load_rows, read_prepared
 from nanoseg.errors import NanosegError, report_errors
 
 OUT = "models/final"
@@ -46,7 +46,8 @@ def train_final(params: dict, manifest, split: dict, cv: dict, out, run_id: str)
     with best weights restored, threshold and post-processing tuned on the held-back images."""
     from nanoseg import tracking
     from nanoseg.pipeline.crossval import choose_postprocess, predict_images
-    from nanoseg.evaluation.scoring import median_pixel_size, pixel_sizes, training_scale
+    from nanoseg.data.manifest import median_pixel_size, pixel_sizes
+    from nanoseg.evaluation.scoring import training_scale
     from nanoseg.evaluation.metrics import choose_threshold
     from nanoseg.model.network import save_model
     from nanoseg.report.plots import learning_curves

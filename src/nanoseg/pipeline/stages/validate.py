@@ -1,7 +1,7 @@
 """Stage ``validate``: the Great Expectations gate over the manifest."""
 
 from nanoseg.config import load_params, resolve
-from nanoseg.data.dataset import read_prepared
+from nanoseg.data.manifest import read_prepared
 from nanoseg.errors import report_errors
 from nanoseg.data.validation import run_gate
 
