@@ -120,8 +120,9 @@ def cv_mode(base, manifest, split, names, args, work) -> dict:
 
     import keras
 
-    from nanoseg.pipeline.crossval import run_cv
+    from nanoseg.data.manifest import load_rows
     from nanoseg.model.network import save_model
+    from nanoseg.pipeline.crossval import run_cv
     from nanoseg.model.training import fit
 
     folds = split["folds"] if args.folds is None else [split["folds"][int(k)] for k in args.folds.split(",")]
@@ -175,7 +176,6 @@ def reference_row(path: Path, folds: list[int] | None) -> dict:
 def test_mode(base, manifest, split, models: dict, work) -> dict:
     """Score models and the Otsu baselines on the test images; return ``{method: scores}``."""
     from nanoseg.config import resolve
-    from nanoseg.data.manifest import load_rows
     from nanoseg.evaluation.scoring import score
     from nanoseg.postprocess.decode import DEFAULT_POST, min_area_px, segment
     from nanoseg.measure.particles import particle_table
