@@ -224,7 +224,19 @@ def choose_axes(chrome: DevTools, session: str, params: list[str], metrics: list
                 " if (i) { i.focus(); i.click(); } })()"))
             chrome.send("Input.insertText", session, text=name)
             time.sleep(0.4)
-            _key(chrome, session, "Enter", 13)
+            # the option named exactly so (typing "val_dice" also offers val_dice_coefficient, maybe first)
+            picked = chrome.send("Runtime.evaluate", session, returnByValue=True, expression=(
+                "(() => { const o = [...document.querySelectorAll('[class*=select-item-option]')]"
+                f".find(e => e.getAttribute('title') === {json.dumps(name)} || e.innerText.trim() === {json.dumps(name)});"
+                " if (!o) return false; o.scrollIntoView({block: 'nearest'});"
+                " const r = o.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()"))
+            at = picked["result"].get("value")
+            if at:
+                for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+                    chrome.send("Input.dispatchMouseEvent", session, type=kind, x=at[0], y=at[1], button="left",
+                                clickCount=1)
+            else:
+                _key(chrome, session, "Enter", 13)
             time.sleep(0.3)
         _key(chrome, session, "Escape", 27)
     chrome.send("Runtime.evaluate", session, expression="document.activeElement?.blur()")
