@@ -323,7 +323,12 @@ def test_ui_screenshot_shows_the_fold_runs(tmp_path):
             for k in range(2):
                 with tracking.start_run(f"fold-{k}", nested=True, tags={"stage": "cv", "fold": str(k)},
                                         params={"fold": k}):
-                    tracking.log_metrics({"val_dice": 0.90 + k / 100, "val_iou": 0.82 + k / 100})
+                    tracking.log_params(tracking.compare_params({"model": {"variant": "paper"},
+                                                                 "train": {"lr": 1e-3, "batch": 4}}, "Test CPU",
+                                                                steps=100 + k))
+                    scores = {"dice": 0.90 + k / 100, "f1_50_clean": 0.8, "pq_clean": 0.7,
+                              "median_ecd_rel_error_clean": 0.05}
+                    tracking.log_metrics({"val_iou": 0.82 + k / 100, **tracking.compare_metrics(scores, "val_")})
         with tracking.start_run("evaluate-paper-smoke", tags={"stage": "evaluate"}):
             pass
     out = tmp_path / "ui.png"
@@ -332,6 +337,8 @@ def test_ui_screenshot_shows_the_fold_runs(tmp_path):
                           capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 runs" in proc.stdout and "compare-runs" in proc.stdout  # the cv folds, waited for by name
+    # the plot opens on what differs (fold, steps) and the scores that decide, not on the page's defaults
+    assert "plot axes: fold, steps, val_dice, val_f1_50_clean, val_pq_clean, val_ecd_error" in proc.stdout
     image = Image.open(out)
     assert image.size == (1600, 1800)
     assert len(image.convert("L").getcolors(65536) or []) > 50  # a rendered page, not a blank one

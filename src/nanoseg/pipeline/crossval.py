@@ -137,6 +137,7 @@ def run_fold(k: int, fold: dict, manifest, params: dict, fold_dir: Path, key: st
         probs = predict_images(model, va_img, params)
         metrics = pixel_metrics(va_mask, [foreground_probability(p) for p in probs], threshold=0.5)
         tracking.log_metrics({f"val_{m}_at_0.5": v for m, v in metrics.items()})
+        tracking.log_params(tracking.compare_params(params, cpu_model(), info["steps_done"]))
         tracking.log_metrics({"best_epoch": info["best_epoch"], "epochs_run": info["epochs_run"],
                               "train_seconds": info["seconds"], "steps_done": info["steps_done"],
                               "lr_final": info["lr_final"]})
@@ -306,7 +307,8 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
                 overlays.append(error_overlay(im, tr, pred, out_dir / f"fold_{k}" / f"overlay_{s}.png",
                                               title=f"fold {k} · {s} · threshold {threshold:.2f}",
                                               merged=merged_mask(gt, classified=classified[-1])))
-            tracking.log_to_run(results[k]["run_id"], metrics={f"val_{n}": v for n, v in m.items()},
+            tracking.log_to_run(results[k]["run_id"], metrics={**{f"val_{n}": v for n, v in m.items()},
+                                                               **tracking.compare_metrics(m, "val_")},
                                 artifacts=overlays, artifact_path="overlays")
             # the fold model on its own: threshold and post-processing tuned on its validation images only
             # (what the `best_fold` publishing candidate carries)
@@ -343,5 +345,7 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
             "errors": errors,
         }
         tracking.log_metrics({k: v for k, v in cv.items() if isinstance(v, (int, float))})
+        tracking.log_metrics(tracking.compare_metrics(cv, "val_"))  # fold means under the fold runs' names
+        tracking.log_params(tracking.compare_params(params, cv["cpu"], int(np.median(cv["steps_done"]))))
         tracking.log_dict(cv, "cv.json")
     return cv

@@ -128,6 +128,48 @@ def start_run(name: str, nested: bool = False, tags: dict | None = None, params:
         yield run
 
 
+# What people compare runs on, under the same short names in every fold, CV, final and evaluate run, so that
+# the MLflow UI's runs table and compare view line them up: the parameters that vary between runs and the
+# scores that decide (``val_*`` on validation images, ``test_*`` on the test split; ``ecd_error`` is the
+# median relative ECD error of the clean particles). scripts/ui_screenshot.py opens the compare view on them.
+COMPARE_PARAMS = ("variant", "head", "lr", "batch", "steps", "cpu")
+COMPARE_METRICS = ("dice", "f1_50_clean", "pq_clean", "ecd_error")
+
+
+def compare_params(params: dict, cpu: str, steps=None) -> dict:
+    """The :data:`COMPARE_PARAMS` of a run (``steps``: the optimiser steps done, when known)."""
+    variant = params["model"].get("variant", "paper")
+    head = (params.get("instance") or {}).get("head", "classes3") if variant == "instance" else "-"
+    out = {"variant": variant, "head": head, "lr": params["train"]["lr"], "batch": params["train"]["batch"],
+           "cpu": cpu}
+    if steps is not None:
+        out["steps"] = int(steps)
+    return out
+
+
+def compare_metrics(scores: dict, prefix: str) -> dict:
+    """``{prefix}{name}`` for the :data:`COMPARE_METRICS` found in ``scores`` (a :func:`~nanoseg.evaluation.score`
+    result or CV fold means with a ``_mean`` suffix)."""
+    source = {"dice": "dice", "f1_50_clean": "f1_50_clean", "pq_clean": "pq_clean",
+              "ecd_error": "median_ecd_rel_error_clean"}
+    out = {}
+    for name, key in source.items():
+        for k in (key, f"{key}_mean"):
+            if isinstance(scores.get(k), (int, float)):
+                out[f"{prefix}{name}"] = float(scores[k])
+                break
+    return out
+
+
+def log_params(values: dict) -> None:
+    """Log parameters on the active run (values as strings; a key logged before keeps its value)."""
+    run = mlflow.active_run()
+    have = mlflow.get_run(run.info.run_id).data.params if run else {}
+    fresh = {k: str(v)[:6000] for k, v in values.items() if k not in have}  # a resumed run keeps its values
+    if fresh:
+        mlflow.log_params(fresh)
+
+
 def log_metrics(metrics: dict, step: int | None = None) -> None:
     clean = {k: float(v) for k, v in metrics.items() if v is not None and isinstance(v, (int, float))}
     if clean:

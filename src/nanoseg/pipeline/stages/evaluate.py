@@ -24,6 +24,7 @@ def command(args=None) -> int:
     from nanoseg.report.plots import error_bars, error_overlay
     from nanoseg.data.testset import load_test
     from nanoseg.evaluation.testset import model_fingerprint, numeric, score_champion, score_model, split_fingerprint
+    from nanoseg.model.training import cpu_model
 
     params = load_params()
     manifest, split = read_prepared(resolve(params, "prepared"))
@@ -55,7 +56,9 @@ def command(args=None) -> int:
                                   "model_run_id": str(meta.get("mlflow_run_id", "")),
                                   "champion_version": champion["version"] if champion else "none"}):
         tracking.log_metrics({f"test_{k}": v for k, v in result["model"].items()})
-        tracking.log_metrics({"seconds_per_image": cand["seconds_per_image"]})
+        tracking.log_metrics({"seconds_per_image": cand["seconds_per_image"],
+                              **tracking.compare_metrics(result["model"], "test_")})
+        tracking.log_params(tracking.compare_params(params, cpu_model()))
         if champion:
             tracking.log_metrics({f"champion_{k}": v for k, v in champion["scores"].items()})
         for name, sc in result["baselines"].items():
