@@ -44,7 +44,7 @@ def main() -> int:
     from nanoseg.pipeline.stages.train import check_cv, train_final
     from nanoseg.data.testset import load_test
     from nanoseg.evaluation.testset import numeric, score_model
-    from nanoseg.model.training import cpu_model
+    from nanoseg.machine import cpu_model
 
     params = load_params()
     manifest, split = read_prepared(resolve(params, "prepared"))

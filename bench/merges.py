@@ -65,7 +65,7 @@ def main() -> int:
     from nanoseg.config import merge_params, load_params, resolve
     from nanoseg.pipeline.crossval import run_cv
     from nanoseg.data.manifest import read_prepared
-    from nanoseg.model.training import cpu_model
+    from nanoseg.machine import cpu_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--candidates", default="boundary_w10,border_loss")

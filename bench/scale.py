@@ -65,7 +65,7 @@ def main() -> int:
     from nanoseg.data.manifest import read_prepared
     from nanoseg.data.testset import load_test
     from nanoseg.evaluation.testset import score_model
-    from nanoseg.model.training import cpu_model
+    from nanoseg.machine import cpu_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="ensemble=models/final", help="NAME=FOLDER,... (model folders)")

@@ -25,6 +25,7 @@ import numpy as np
 from nanoseg.atomic import write_with
 from nanoseg.config import resolve
 from nanoseg.errors import NanosegError
+from nanoseg.machine import cpu_model
 
 
 def cosine_lr(lr0: float, progress: float, final_factor: float = 0.05) -> float:
@@ -238,19 +239,6 @@ def best_epoch_of(val_loss, epochs_run: int) -> int:
     if not np.isfinite(vals).any():
         return epochs_run
     return int(np.nanargmin(vals)) + 1
-
-
-def cpu_model() -> str:
-    """The processor's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def save_history_csv(history: dict, path: str | Path) -> Path:

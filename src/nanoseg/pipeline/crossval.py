@@ -122,7 +122,8 @@ def run_fold(k: int, fold: dict, manifest, params: dict, fold_dir: Path, key: st
     from nanoseg.evaluation.metrics import pixel_metrics
     from nanoseg.model.network import save_model
     from nanoseg.report.plots import learning_curves
-    from nanoseg.model.training import cpu_model, fit, save_history_csv  # noqa: I001
+    from nanoseg.machine import cpu_model
+    from nanoseg.model.training import fit, save_history_csv
 
     root = params["_root"]
     tr_img, tr_mask = load_rows(manifest, fold["train"], root)
@@ -248,7 +249,7 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
     from nanoseg.postprocess.decode import segment
     from nanoseg.evaluation.metrics import PIXEL_METRICS, choose_threshold, summarize_folds
     from nanoseg.report.plots import error_bars, error_overlay, metric_bars
-    from nanoseg.model.training import cpu_model
+    from nanoseg.machine import cpu_model
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ def command(args=None) -> int:
     from nanoseg.report.plots import error_bars, error_overlay
     from nanoseg.data.testset import load_test
     from nanoseg.evaluation.testset import model_fingerprint, numeric, score_champion, score_model, split_fingerprint
-    from nanoseg.model.training import cpu_model
+    from nanoseg.machine import cpu_model
 
     params = load_params()
     manifest, split = read_prepared(resolve(params, "prepared"))

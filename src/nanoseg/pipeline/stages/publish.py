@@ -171,7 +171,7 @@ def publish(params: dict) -> dict:
     from nanoseg.serving.pyfunc import log_pyfunc
     from nanoseg.data.testset import load_test
     from nanoseg.evaluation.testset import model_fingerprint, score_champion, split_fingerprint
-    from nanoseg.model.training import cpu_model
+    from nanoseg.machine import cpu_model
 
     folder, test_file, cv_file = resolve(params, MODEL), resolve(params, TEST), resolve(params, CV)
     if not test_file.is_file():

@@ -97,7 +97,7 @@ def command(args=None) -> int:
     from nanoseg import tracking
     from nanoseg.model.candidates import CANDIDATES, make_best_fold, make_ensemble
     from nanoseg.pipeline.crossval import run_label, variant_params, variant_tags
-    from nanoseg.model.training import cpu_model
+    from nanoseg.machine import cpu_model
 
     params = load_params()
     manifest, split = read_prepared(resolve(params, "prepared"))
