@@ -54,8 +54,8 @@ def find_browser() -> str:
                        "`apt-get install -y chromium` on Debian.")
 
 
-def pick_runs(experiment: str, max_runs: int = 10, run_ids=None) -> tuple[str, dict[str, str]]:
-    """(experiment id, {run id: run name}): ``run_ids``, else the newest cv run's folds, else the newest runs."""
+def pick_runs(experiment: str, max_runs: int = 10, run_ids=None) -> tuple[str, list]:
+    """(experiment id, runs sorted by name): ``run_ids``, else the newest cv run's folds, else the newest runs."""
     import mlflow
 
     from nanoseg import tracking
@@ -78,16 +78,13 @@ def pick_runs(experiment: str, max_runs: int = 10, run_ids=None) -> tuple[str, d
         runs = runs or mlflow.search_runs(max_results=max_runs, **search)
     if not runs:
         raise NanosegError(f"experiment {experiment!r} holds no runs yet; nothing to compare.")
-    return exp.experiment_id, {r.info.run_id: r.info.run_name for r in sorted(runs, key=lambda r: r.info.run_name)}
+    return exp.experiment_id, sorted(runs, key=lambda r: r.info.run_name)
 
 
-def default_axes(run_ids: list[str], params=None, metrics=None) -> tuple[list[str], list[str]]:
+def default_axes(runs: list, params=None, metrics=None) -> tuple[list[str], list[str]]:
     """(parameters, metrics) for the compare plot: the compared set of :mod:`nanoseg.tracking` that the runs hold."""
-    import mlflow
-
     from nanoseg import tracking
 
-    runs = [mlflow.get_run(r) for r in run_ids]
     if params is None:
         held = [k for k in ("fold", *tracking.COMPARE_PARAMS) if all(k in r.data.params for r in runs)]
         params = [k for k in held if len({r.data.params[k] for r in runs}) > 1] or held[:1]
@@ -211,7 +208,7 @@ def _key(chrome: DevTools, session: str, key: str, code: int) -> None:
 
 def choose_axes(chrome: DevTools, session: str, params: list[str], metrics: list[str]) -> list[str]:
     """Set the compare page's parallel-coordinates axes: "Clear All", then each key typed into the Parameters
-    and Metrics boxes and picked with Enter, as a user would. The page defaults to the first three
+    and Metrics boxes and its option clicked (Enter when no option has exactly that name), as a user would. The page defaults to the first three
     differing parameters in alphabetical order and the first metric, which are rarely the ones that decide.
     Returns the keys the boxes show afterwards."""
     chrome.send("Runtime.evaluate", session,
@@ -246,7 +243,7 @@ def choose_axes(chrome: DevTools, session: str, params: list[str], metrics: list
 
 
 def screenshot(url: str, out: Path, size=(1600, 1800), wait_for=(), timeout: float = 60, settle: float = 3.0,
-               browser: str | None = None, axes: tuple[list[str], list[str]] | None = None) -> Path:
+               browser: str | None = None, axes: tuple[list[str], list[str]] | None = None) -> tuple[Path, list[str]]:
     """Save what headless Chromium shows at ``url`` to ``out`` (PNG), once the page text holds ``wait_for``;
     ``axes`` = (parameters, metrics) of the parallel-coordinates plot (:func:`choose_axes`).
     Returns (the PNG, the axis keys the page shows)."""
@@ -304,18 +301,18 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     browser = find_browser()
     exp_id, runs = pick_runs(args.experiment, args.max_runs, args.runs)
-    names = [n for n in runs.values() if n]
+    names = [r.info.run_name for r in runs if r.info.run_name]
     proc = None
     with tempfile.TemporaryDirectory(prefix="nanoseg-ui-") as tmp:
         try:
             base = args.url
             if not base:
                 proc, base = start_ui(_free_port(), Path(tmp) / "mlflow-ui.log")
-            url = compare_url(base, exp_id, list(runs))
+            url = compare_url(base, exp_id, [r.info.run_id for r in runs])
             size = tuple(int(v) for v in args.size.lower().split("x"))
-            axes = default_axes(list(runs), args.params, args.metrics)
+            axes = default_axes(runs, args.params, args.metrics)
             out, shown = screenshot(url, Path(args.out), size, wait_for=names, timeout=args.timeout, browser=browser,
-                             axes=axes)
+                                    axes=axes)
         finally:
             if proc is not None:
                 stop_process_group(proc)

@@ -13,7 +13,8 @@ from nanoseg.tracking.registry import (  # noqa: F401
     set_alias, set_version_tags,
 )
 from nanoseg.tracking.runs import (  # noqa: F401
-    COMPARE_METRICS, COMPARE_PARAMS, EXPERIMENT, compare_metrics, compare_params, end_run, find_run, log_artifact, log_dict, log_metrics, log_params, log_to_run, main, run_status, run_tags,
+    COMPARE_METRICS, COMPARE_PARAMS, EXPERIMENT, compare_metrics, compare_params, end_run, find_run,
+    log_artifact, log_dict, log_metrics, log_params, log_to_run, main, run_status, run_tags,
     set_tags, setup, start_run, store_dir, tracking_uri,
 )
 

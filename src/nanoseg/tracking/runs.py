@@ -133,7 +133,8 @@ def start_run(name: str, nested: bool = False, tags: dict | None = None, params:
 # scores that decide (``val_*`` on validation images, ``test_*`` on the test split; ``ecd_error`` is the
 # median relative ECD error of the clean particles). scripts/ui_screenshot.py opens the compare view on them.
 COMPARE_PARAMS = ("variant", "head", "lr", "batch", "steps", "cpu")
-COMPARE_METRICS = ("dice", "f1_50_clean", "pq_clean", "ecd_error")
+COMPARE_METRICS = {"dice": "dice", "f1_50_clean": "f1_50_clean", "pq_clean": "pq_clean",
+                   "ecd_error": "median_ecd_rel_error_clean"}  # compared name -> key of the scores it is read from
 
 
 def compare_params(params: dict, cpu: str, steps=None) -> dict:
@@ -150,10 +151,8 @@ def compare_params(params: dict, cpu: str, steps=None) -> dict:
 def compare_metrics(scores: dict, prefix: str) -> dict:
     """``{prefix}{name}`` for the :data:`COMPARE_METRICS` found in ``scores`` (a :func:`~nanoseg.evaluation.score`
     result or CV fold means with a ``_mean`` suffix)."""
-    source = {"dice": "dice", "f1_50_clean": "f1_50_clean", "pq_clean": "pq_clean",
-              "ecd_error": "median_ecd_rel_error_clean"}
     out = {}
-    for name, key in source.items():
+    for name, key in COMPARE_METRICS.items():
         for k in (key, f"{key}_mean"):
             if isinstance(scores.get(k), (int, float)):
                 out[f"{prefix}{name}"] = float(scores[k])
