@@ -19,7 +19,6 @@ import json
 import math
 import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import yaml
 
 from nanoseg.atomic import write_json, write_with
 from nanoseg.config import load_params, resolve
+from nanoseg import procs
 from nanoseg.errors import NanosegError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
@@ -38,10 +38,8 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 
 
 def _dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DVC_NO_ANALYTICS="1")
-    exe = Path(sys.executable).with_name("dvc")
-    cmd = [str(exe) if exe.exists() else "dvc", *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    return procs.run([procs.tool("dvc"), *args], env={"DVC_NO_ANALYTICS": "1"}, cwd=cwd, capture_output=True,
+                     text=True)
 
 
 def check_source(source: Path, params: dict) -> None:

@@ -4,7 +4,7 @@
   wraps), thread-safe, with a limit on concurrent requests;
 * ``nanoseg serve``: the HTTP server (uvicorn running :mod:`nanoseg.server`, MLflow's scoring server
   behind nanoseg's guard) with explicit workers, concurrency limit and timeout;
-* ``nanoseg request``: the client; :func:`stop_process_group` stops a server and its workers.
+* ``nanoseg request``: the client (:mod:`nanoseg.procs` starts and stops the server process).
 
 The request and answer formats are :mod:`nanoseg.payload`'s (re-exported here). This module imports
 no MLflow (``nanoseg serve`` asks :mod:`nanoseg.tracking` for the model, lazily).
@@ -17,7 +17,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -199,10 +198,12 @@ def server_env(local: Path, args, uri: str) -> dict:
 
 def _run_forwarding_signals(cmd: list[str], env: dict) -> int:
     """Run the server in its own process group; Ctrl+C and SIGTERM stop all of it (uvicorn included)."""
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    from nanoseg import procs
+
+    proc = procs.start(cmd, env=env)
 
     def forward(signum, _frame):
-        os.killpg(proc.pid, signum)
+        procs.signal_all(proc, signum)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -210,55 +211,7 @@ def _run_forwarding_signals(cmd: list[str], env: dict) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        stop_process_group(proc)
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether a live (not zombie) process is left in process group ``pgid``."""
-    try:
-        os.killpg(pgid, 0)
-    except PermissionError:
-        return True
-    except OSError:  # no such group (or not a valid group id)
-        return False
-    proc_dir = Path("/proc")
-    if not proc_dir.is_dir():
-        return True
-    for stat in proc_dir.glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
-
-
-def stop_process_group(proc: subprocess.Popen, timeout: float = 30) -> None:
-    """Stop ``proc``'s process group (started with ``start_new_session``): SIGTERM, then SIGKILL.
-
-    Returns only when no process of the group is left: ``mlflow models serve`` exits before its
-    uvicorn worker has closed the port, so waiting for ``proc`` alone is not enough.
-    """
-    import time
-
-    for signum, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10)):
-        if not _group_alive(proc.pid):
-            break
-        try:
-            os.killpg(proc.pid, signum)
-        except ProcessLookupError:
-            break
-        end = time.monotonic() + wait
-        while time.monotonic() < end:
-            proc.poll()
-            if not _group_alive(proc.pid):
-                break
-            time.sleep(0.2)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        pass
+        procs.stop(proc)
 
 
 def post(url: str, body: dict, timeout: float = 600) -> dict:
