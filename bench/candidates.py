@@ -5,7 +5,7 @@
 (c) ``final`` — trained on the training images less one fold's validation images, best weights restored,
 settings tuned on those images (``train.final_max_minutes`` of training: skip with ``--no-final``).
 
-Each is scored by ``evaluate``'s code as users get it (:func:`nanoseg.testset.score_model`), beside its
+Each is scored by ``evaluate``'s code as users get it (:func:`nanoseg.evaluation.testset.score_model`), beside its
 CV estimate. Run after ``dvc repro cv`` (it uses ``cv/`` and ``metrics/cv.json``):
 
     python bench/candidates.py [--no-final]
@@ -38,12 +38,13 @@ def main() -> int:
     args = ap.parse_args()
 
     from nanoseg import tracking
-    from nanoseg.candidates import make_best_fold, make_ensemble
+    from nanoseg.model.candidates import make_best_fold, make_ensemble
     from nanoseg.config import load_params, resolve
-    from nanoseg.dataset import read_prepared
-    from nanoseg.stages.train import check_cv, train_final
-    from nanoseg.testset import load_test, numeric, score_model
-    from nanoseg.training import cpu_model
+    from nanoseg.data.manifest import read_prepared
+    from nanoseg.pipeline.stages.train import check_cv, train_final
+    from nanoseg.data.testset import load_test
+    from nanoseg.evaluation.testset import numeric, score_model
+    from nanoseg.model.training import cpu_model
 
     params = load_params()
     manifest, split = read_prepared(resolve(params, "prepared"))

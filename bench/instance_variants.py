@@ -5,7 +5,7 @@ interior / separating boundary, class-weighted CE + Dice), ``fg_distance``
 (foreground + normalised distance, marker watershed); ``*_border`` use the
 U-Net border weight map (``instance.loss: border_wcce_dice``).
 
-Mode ``cv`` runs :func:`nanoseg.crossval.run_cv` for every candidate (nested MLflow
+Mode ``cv`` runs :func:`nanoseg.pipeline.crossval.run_cv` for every candidate (nested MLflow
 runs in the project's experiment, run names ``cv-<label>-<profile>``), with a
 time budget per fold; threshold and decoder settings come from the validation
 folds only. It then trains each candidate's final model on all training images
@@ -61,11 +61,11 @@ KEYS = ("dice", "f1_50", "f1_75", "pq", "median_ecd_rel_error", "ecd_wasserstein
 
 def candidate_params(base: dict, name: str, work: Path) -> dict:
     """The settings of one candidate; its outputs (cv/, plots/) go to ``work/<name>``."""
-    from nanoseg.config import _merge
+    from nanoseg.config import merge_params
 
     if name not in CANDIDATES:
         raise SystemExit(f"unknown candidate {name!r}; choose from {sorted(CANDIDATES)}")
-    params = _merge(base, CANDIDATES[name])
+    params = merge_params(base, CANDIDATES[name])
     weights = params["model"].get("weights")
     if weights not in (None, "imagenet"):
         params["model"]["weights"] = str((Path(base["_root"]) / weights).resolve())
@@ -87,8 +87,8 @@ def smoke_dataset(base: dict, work: Path, n: int = 6, rows: int = 224, cols: int
     import tifffile
 
     from nanoseg.config import resolve
-    from nanoseg.dataset import prepare
-    from nanoseg.micrograph import read_image_array, read_micrograph
+    from nanoseg.data.manifest import prepare
+    from nanoseg.io.micrograph import read_image_array, read_micrograph
 
     d = base["data"]
     src, out = resolve(base, d["source"]), work / "dataset"
@@ -120,10 +120,10 @@ def cv_mode(base, manifest, split, names, args, work) -> dict:
 
     import keras
 
-    from nanoseg.crossval import run_cv
-    from nanoseg.dataset import load_rows
-    from nanoseg.model import save_model
-    from nanoseg.training import fit
+    from nanoseg.data.manifest import load_rows
+    from nanoseg.model.network import save_model
+    from nanoseg.pipeline.crossval import run_cv
+    from nanoseg.model.training import fit
 
     folds = split["folds"] if args.folds is None else [split["folds"][int(k)] for k in args.folds.split(",")]
     out = {}
@@ -176,13 +176,13 @@ def reference_row(path: Path, folds: list[int] | None) -> dict:
 def test_mode(base, manifest, split, models: dict, work) -> dict:
     """Score models and the Otsu baselines on the test images; return ``{method: scores}``."""
     from nanoseg.config import resolve
-    from nanoseg.dataset import load_rows
-    from nanoseg.evaluation import DEFAULT_POST, min_area_px, score, segment
-    from nanoseg.measure import particle_table
-    from nanoseg.model import load_model
-    from nanoseg.postprocess import baseline_instances, foreground_probability
-    from nanoseg.predict import Predictor
-    from nanoseg.testset import load_test
+    from nanoseg.evaluation.scoring import score
+    from nanoseg.postprocess.decode import DEFAULT_POST, min_area_px, segment
+    from nanoseg.measure.particles import particle_table
+    from nanoseg.model.network import load_model
+    from nanoseg.postprocess.decode import baseline_instances, foreground_probability
+    from nanoseg.inference.predictor import Predictor
+    from nanoseg.data.testset import load_test
 
     test = load_test(base, manifest, split)
     stems, images, masks, class_masks = test.stems, test.images, test.masks, test.class_masks
@@ -266,7 +266,7 @@ def write_results(result: dict, stem: Path) -> None:
 def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT / "src"))
     from nanoseg.config import load_params, resolve
-    from nanoseg.dataset import read_prepared
+    from nanoseg.data.manifest import read_prepared
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("mode", choices=("cv", "test", "all"))

@@ -1,10 +1,10 @@
 """Attacking merged particles (issue 14): training settings cross-validated against the default.
 
 Every candidate is the default settings (params.yaml, cpu profile) with a few overrides, trained by
-:func:`nanoseg.crossval.run_cv` on the same folds with the same time budget per fold. Each fold model
+:func:`nanoseg.pipeline.crossval.run_cv` on the same folds with the same time budget per fold. Each fold model
 gets its own threshold and post-processing tuned on its validation images (``per_fold_own``: what a
 published fold model carries), and is scored there: clean F1@0.5, PQ, the error classes of
-:mod:`nanoseg.error_analysis` (merged / split / missed / outline) and the matched pairs' ECD bias.
+:mod:`nanoseg.evaluation.error_analysis` (merged / split / missed / outline) and the matched pairs' ECD bias.
 The reference row ``default`` is the last ``dvc repro``'s CV (``metrics/cv.json``, same folds, not
 trained again when its resume key matches). Run after ``dvc repro cv``:
 
@@ -62,10 +62,10 @@ def fold_rows(cv: dict, folds: list[int]) -> dict:
 
 def main() -> int:
     sys.path.insert(0, str(ROOT / "src"))
-    from nanoseg.config import _merge, load_params, resolve
-    from nanoseg.crossval import run_cv
-    from nanoseg.dataset import read_prepared
-    from nanoseg.training import cpu_model
+    from nanoseg.config import merge_params, load_params, resolve
+    from nanoseg.pipeline.crossval import run_cv
+    from nanoseg.data.manifest import read_prepared
+    from nanoseg.model.training import cpu_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--candidates", default="boundary_w10,border_loss")
@@ -80,7 +80,7 @@ def main() -> int:
     for col in ("image_path", "mask_path", "class_mask_path"):  # candidates work in their own folders
         manifest[col] = [str((ROOT / p).resolve()) if isinstance(p, str) and p else p for p in manifest[col]]
     if args.epochs:
-        base = _merge(base, {"train": {"epochs": args.epochs, "max_minutes_per_fold": None}})
+        base = merge_params(base, {"train": {"epochs": args.epochs, "max_minutes_per_fold": None}})
     out_json = ROOT / f"bench/results/{args.name}.json"
     earlier = json.loads(out_json.read_text()) if out_json.is_file() else {}
     same = earlier.get("folds") == folds and earlier.get("epochs") == args.epochs
@@ -91,7 +91,7 @@ def main() -> int:
     for name in [n.strip() for n in args.candidates.split(",") if n.strip()]:
         if name not in CANDIDATES:
             raise SystemExit(f"unknown candidate {name!r}; choose from {sorted(CANDIDATES)}")
-        params = _merge(base, CANDIDATES[name])
+        params = merge_params(base, CANDIDATES[name])
         weights = params["model"].get("weights")
         if weights not in (None, "imagenet"):
             params["model"]["weights"] = str((ROOT / weights).resolve())

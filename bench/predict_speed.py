@@ -1,6 +1,6 @@
 """Inference speed of the ResNet50 U-Net on one 1024x768 SEM image (model only).
 
-Compares :class:`nanoseg.predict.Predictor` (a traced ``tf.function``) in its
+Compares :class:`nanoseg.inference.predictor.Predictor` (a traced ``tf.function``) in its
 default mode (an image no bigger than a batch of tiles goes through in one
 mirror-padded pass, 832 x 1088 here) and forced to overlapping tiles for a few
 tile/overlap choices, with plain ``model.predict`` on the whole image (768 x 1024
@@ -56,7 +56,7 @@ def _image():
     bam = HERE.parents[1] / "shared/datasets/bam-tio2/Electron Microscopy Images/SEM"
     files = sorted(bam.glob("*.tif"))
     if files:
-        from nanoseg.micrograph import read_micrograph
+        from nanoseg.io.micrograph import read_micrograph
 
         return read_micrograph(files[0]).pixels[: SHAPE[0], : SHAPE[1]], files[0].name
     return np.random.default_rng(0).random(SHAPE, dtype=np.float32), "random"
@@ -79,7 +79,7 @@ def _peak_mib(reset=False):
 def _runner(models, precision, method, tile, overlap, image):
     import numpy as np
 
-    from nanoseg.predict import Predictor
+    from nanoseg.inference.predictor import Predictor
 
     model = models[precision]
     batch = image[None, ..., None].astype(np.float32)
@@ -95,7 +95,7 @@ def run(repeats=2) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from nanoseg.model import build_unet
+    from nanoseg.model.network import build_unet
 
     image, name = _image()
     models = {}

@@ -32,7 +32,7 @@ ERRORS = ("err_merged", "err_split", "err_missed", "err_outline", "err_pred_merg
 
 
 def error_lines(cv: dict, test: dict) -> list[str]:
-    """Why particles are missed (nanoseg.error_analysis): CV validation images pooled, and the test images."""
+    """Why particles are missed (nanoseg.evaluation.error_analysis): CV validation images pooled, and the test images."""
     rows = {"CV (all validation images)": cv.get("errors") or {}, "test": test["model"]}
     lines = ["", "### Unmatched clean particles by cause (IoU 0.5)", "",
              "| images | " + " | ".join(e.removeprefix("err_") for e in ERRORS) + " |", "|" + "---|" * (len(ERRORS) + 1)]

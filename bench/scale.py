@@ -2,8 +2,8 @@
 
 Each image is resampled by a zoom factor (0.5x = half the magnification, pixel size x 2; anti-aliased when
 shrinking, bilinear) and its manual instances with it (nearest neighbour, touching instances re-separated by
-1-px lines: :func:`nanoseg.targets.zoom_mask`); the pixel size is divided by the factor. The model runs as
-``nanoseg predict`` runs it (:func:`nanoseg.testset.score_model`) with ``--scale auto`` (resampled to the
+1-px lines: :func:`nanoseg.model.targets.zoom_mask`); the pixel size is divided by the factor. The model runs as
+``nanoseg predict`` runs it (:func:`nanoseg.evaluation.testset.score_model`) with ``--scale auto`` (resampled to the
 model's training pixel size) and ``--scale off`` (native resolution: what a model without the rescaling
 would see), and is scored by evaluate's code: clean F1@0.5, PQ, median ECD error (clean), pixel Dice. The
 ``clean`` subset keeps the same particles at every zoom: at least ``20 z**2`` px instead of 20 (at 2x a
@@ -35,19 +35,19 @@ KEYS = ("f1_50_clean", "pq_clean", "median_ecd_rel_error_clean", "dice")
 
 
 def inverted(test):
-    """A copy of a :class:`nanoseg.testset.HeldOut` with dark particles on a bright background."""
-    from nanoseg.testset import HeldOut
+    """A copy of a :class:`nanoseg.data.testset.HeldOut` with dark particles on a bright background."""
+    from nanoseg.data.testset import HeldOut
 
     return HeldOut(test.stems, [1.0 - im for im in test.images], test.masks, test.class_masks, test.pixel_sizes)
 
 
 def rescaled(test, factor: float):
-    """A copy of a :class:`nanoseg.testset.HeldOut` zoomed by ``factor`` (pixel sizes divided by it)."""
+    """A copy of a :class:`nanoseg.data.testset.HeldOut` zoomed by ``factor`` (pixel sizes divided by it)."""
     from skimage.transform import resize
 
-    from nanoseg.rescale import resample_image
-    from nanoseg.targets import zoom_mask
-    from nanoseg.testset import HeldOut
+    from nanoseg.inference.rescale import resample_image
+    from nanoseg.model.targets import zoom_mask
+    from nanoseg.data.testset import HeldOut
 
     if factor == 1.0:
         return test
@@ -62,9 +62,10 @@ def rescaled(test, factor: float):
 def main() -> int:
     sys.path.insert(0, str(ROOT / "src"))
     from nanoseg.config import load_params, resolve
-    from nanoseg.dataset import read_prepared
-    from nanoseg.testset import load_test, score_model
-    from nanoseg.training import cpu_model
+    from nanoseg.data.manifest import read_prepared
+    from nanoseg.data.testset import load_test
+    from nanoseg.evaluation.testset import score_model
+    from nanoseg.model.training import cpu_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="ensemble=models/final", help="NAME=FOLDER,... (model folders)")

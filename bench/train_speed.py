@@ -31,8 +31,9 @@ def run_one(name: str, steps: int) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from nanoseg.losses import dice_coefficient, dice_loss
-    from nanoseg.model import build_unet, configure_precision
+    from nanoseg.model.losses import dice_coefficient, dice_loss
+    from nanoseg.model.network import build_unet
+    from nanoseg.model.precision import configure_precision
 
     precision, crop = name.split("-")
     crop = int(crop)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ui_screenshot import DevTools, _free_port, find_browser  # noqa: E402
 
 from nanoseg.errors import NanosegError, report_errors  # noqa: E402
-from nanoseg import procs  # noqa: E402
+from nanoseg import processes  # noqa: E402
 
 
 class AppServer:
@@ -39,14 +39,14 @@ class AppServer:
         self.log = Path(log)
         cmd = [sys.executable, "-m", "nanoseg", "app", "--model", str(model), "--port", str(self.port)]
         with self.log.open("w") as out:
-            self.proc = procs.start(cmd, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = processes.start(cmd, stdout=out, stderr=subprocess.STDOUT)
 
     def wait(self, timeout: float = 300) -> "AppServer":
-        procs.wait_for_url(self.url + "/api/info", self.proc, timeout, what="nanoseg app", log=self.log)
+        processes.wait_for_url(self.url + "/api/info", self.proc, timeout, what="nanoseg app", log=self.log)
         return self
 
     def stop(self) -> None:
-        procs.stop(self.proc)
+        processes.stop(self.proc)
 
 
 class Page:
@@ -153,7 +153,7 @@ def click_largest_particle(page: Page, card: int = 0) -> int:
 
 @report_errors
 def main(argv=None) -> int:
-    from nanoseg.serving import DEFAULT_MODEL
+    from nanoseg.serving.service import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("images", nargs="+", metavar="IMAGE")

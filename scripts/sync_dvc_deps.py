@@ -13,7 +13,7 @@ stages = yaml.safe_load(text)['stages']
 for name, st in stages.items():
     module = st["cmd"].split("-m", 1)[1].strip()
     needed = {str(p.relative_to(REPO)) for p in codehash.closure([module])}
-    if "src/nanoseg/tracking.py" in needed:  # logged by path as the served model's code (MLflow models from code)
+    if "src/nanoseg/tracking/__init__.py" in needed:  # logged by path as the served model's code (MLflow models from code)
         needed.add("src/nanoseg/served_model.py")
     deps = [str(d) for d in st['deps']]
     missing = sorted(n for n in needed if n not in deps and not any(n.startswith(d + "/") for d in deps))

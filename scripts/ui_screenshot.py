@@ -32,7 +32,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 from nanoseg.errors import NanosegError, report_errors  # noqa: E402
-from nanoseg import procs  # noqa: E402
+from nanoseg import processes  # noqa: E402
 
 # best effort, MLflow 3 UI: close the assistant side panel so the runs get the width
 TIDY_JS = ("document.querySelectorAll('button[data-component-id=\"mlflow.assistant.chat_panel.close\"]')"
@@ -79,6 +79,26 @@ def pick_runs(experiment: str, max_runs: int = 10, run_ids=None) -> tuple[str, d
     return exp.experiment_id, {r.info.run_id: r.info.run_name for r in sorted(runs, key=lambda r: r.info.run_name)}
 
 
+def default_axes(run_ids: list[str], params=None, metrics=None) -> tuple[list[str], list[str]]:
+    """(parameters, metrics) for the compare plot: the compared set of :mod:`nanoseg.tracking` that the runs hold."""
+    import mlflow
+
+    from nanoseg import tracking
+
+    runs = [mlflow.get_run(r) for r in run_ids]
+    if params is None:
+        held = [k for k in ("fold", *tracking.COMPARE_PARAMS) if all(k in r.data.params for r in runs)]
+        params = [k for k in held if len({r.data.params[k] for r in runs}) > 1] or held[:1]
+    if metrics is None:
+        metrics = []
+        for prefix in ("val_", "test_"):
+            metrics = [prefix + m for m in tracking.COMPARE_METRICS
+                       if all(prefix + m in r.data.metrics for r in runs)]
+            if metrics:
+                break
+    return list(params), list(metrics)
+
+
 def compare_url(base: str, experiment_id: str, run_ids: list[str]) -> str:
     query = urllib.parse.urlencode({"runs": json.dumps(run_ids), "experiments": json.dumps([experiment_id])})
     return f"{base.rstrip('/')}/#/compare-runs?{query}"
@@ -98,12 +118,12 @@ def start_ui(port: int, log: Path, timeout: float = 120):
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no GenAI job runner for a screenshot
     with log.open("w") as out:
-        proc = procs.start(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = processes.start(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        procs.wait_for_url(base + "/health", proc, timeout, what="mlflow ui", log=log)
+        processes.wait_for_url(base + "/health", proc, timeout, what="mlflow ui", log=log)
     except NanosegError:
-        procs.stop(proc)
+        processes.stop(proc)
         raise
     return proc, base
 
@@ -129,7 +149,7 @@ class DevTools:
 
         cmd = [browser, *FLAGS, "--remote-debugging-pipe", f"--user-data-dir={profile}",
                f"--window-size={size[0]},{size[1]}", "about:blank"]
-        self.proc = procs.start(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        self.proc = processes.start(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, preexec_fn=fds, pass_fds=(3, 4))
         os.close(to_chrome)
         os.close(from_chrome)
@@ -173,12 +193,56 @@ class DevTools:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             pass
-        procs.stop(self.proc, timeout=0)  # what is left of Chromium (its helper processes too)
+        processes.stop(self.proc, timeout=0)  # what is left of Chromium (its helper processes too)
+
+
+def _key(chrome: DevTools, session: str, key: str, code: int) -> None:
+    for kind in ("keyDown", "keyUp"):
+        chrome.send("Input.dispatchKeyEvent", session, type=kind, key=key, code=key, windowsVirtualKeyCode=code,
+                    nativeVirtualKeyCode=code)
+
+
+def choose_axes(chrome: DevTools, session: str, params: list[str], metrics: list[str]) -> list[str]:
+    """Set the compare page's parallel-coordinates axes: "Clear All", then each key typed into the Parameters
+    and Metrics boxes and picked with Enter, as a user would. The page defaults to the first three
+    differing parameters in alphabetical order and the first metric, which are rarely the ones that decide.
+    Returns the keys the boxes show afterwards."""
+    chrome.send("Runtime.evaluate", session,
+                expression="document.querySelector('[data-testid=\"clear-button\"]')?.click()")
+    time.sleep(0.5)
+    for index, keys in ((0, params), (1, metrics)):
+        for name in keys:
+            chrome.send("Runtime.evaluate", session, expression=(
+                f"(() => {{ const i = document.querySelectorAll('input[role=combobox]')[{index}];"
+                " if (i) { i.focus(); i.click(); } })()"))
+            chrome.send("Input.insertText", session, text=name)
+            time.sleep(0.4)
+            # the option named exactly so (typing "val_dice" also offers val_dice_coefficient, maybe first)
+            picked = chrome.send("Runtime.evaluate", session, returnByValue=True, expression=(
+                "(() => { const o = [...document.querySelectorAll('[class*=select-item-option]')]"
+                f".find(e => e.getAttribute('title') === {json.dumps(name)} || e.innerText.trim() === {json.dumps(name)});"
+                " if (!o) return false; o.scrollIntoView({block: 'nearest'});"
+                " const r = o.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()"))
+            at = picked["result"].get("value")
+            if at:
+                for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+                    chrome.send("Input.dispatchMouseEvent", session, type=kind, x=at[0], y=at[1], button="left",
+                                clickCount=1)
+            else:
+                _key(chrome, session, "Enter", 13)
+            time.sleep(0.3)
+        _key(chrome, session, "Escape", 27)
+    chrome.send("Runtime.evaluate", session, expression="document.activeElement?.blur()")
+    shown = chrome.send("Runtime.evaluate", session, returnByValue=True, expression=(
+        "[...document.querySelectorAll('[class*=select-selection-item-content]')].map(e => e.innerText)"))
+    return shown["result"].get("value") or []
 
 
 def screenshot(url: str, out: Path, size=(1600, 1800), wait_for=(), timeout: float = 60, settle: float = 3.0,
-               browser: str | None = None) -> Path:
-    """Save what headless Chromium shows at ``url`` to ``out`` (PNG), once the page text holds ``wait_for``."""
+               browser: str | None = None, axes: tuple[list[str], list[str]] | None = None) -> Path:
+    """Save what headless Chromium shows at ``url`` to ``out`` (PNG), once the page text holds ``wait_for``;
+    ``axes`` = (parameters, metrics) of the parallel-coordinates plot (:func:`choose_axes`).
+    Returns (the PNG, the axis keys the page shows)."""
     browser = browser or find_browser()
     with tempfile.TemporaryDirectory(prefix="nanoseg-chromium-") as profile:
         chrome = DevTools(browser, profile, size)
@@ -199,6 +263,7 @@ def screenshot(url: str, out: Path, size=(1600, 1800), wait_for=(), timeout: flo
                 missing = [w for w in wait_for if w not in text]
                 raise NanosegError(f"{url}: the page did not show {missing} within {timeout:.0f} s.")
             chrome.send("Runtime.evaluate", session, expression=TIDY_JS)
+            shown = choose_axes(chrome, session, *axes) if axes else []
             time.sleep(settle)  # let charts draw
             png = base64.b64decode(chrome.send("Page.captureScreenshot", session, format="png")["data"])
         finally:
@@ -207,7 +272,7 @@ def screenshot(url: str, out: Path, size=(1600, 1800), wait_for=(), timeout: flo
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_bytes(png)
     tmp.replace(out)
-    return out
+    return out, shown
 
 
 @report_errors
@@ -220,6 +285,12 @@ def main(argv=None) -> int:
     p.add_argument("--runs", nargs="+", metavar="RUN_ID", help="runs to compare (default: the newest cv folds)")
     p.add_argument("--experiment", default=tracking.EXPERIMENT)
     p.add_argument("--max-runs", type=int, default=10)
+    p.add_argument("--params", nargs="*", default=None, metavar="KEY",
+                   help="parameters on the plot's axes (default: those of nanoseg.tracking.COMPARE_PARAMS that the "
+                        "runs hold and that differ between them, else fold)")
+    p.add_argument("--metrics", nargs="*", default=None, metavar="KEY",
+                   help="metrics on the plot's axes (default: val_ or test_ + nanoseg.tracking.COMPARE_METRICS, "
+                        "those the runs hold)")
     p.add_argument("--timeout", type=float, default=60, help="seconds to wait for the page (default 60)")
     p.add_argument("--size", default="1600x1800", help="window WIDTHxHEIGHT in px (default 1600x1800: "
                    "tall enough for the metrics table)")
@@ -235,11 +306,14 @@ def main(argv=None) -> int:
                 proc, base = start_ui(_free_port(), Path(tmp) / "mlflow-ui.log")
             url = compare_url(base, exp_id, list(runs))
             size = tuple(int(v) for v in args.size.lower().split("x"))
-            out = screenshot(url, Path(args.out), size, wait_for=names, timeout=args.timeout, browser=browser)
+            axes = default_axes(list(runs), args.params, args.metrics)
+            out, shown = screenshot(url, Path(args.out), size, wait_for=names, timeout=args.timeout, browser=browser,
+                             axes=axes)
         finally:
             if proc is not None:
-                procs.stop(proc)
-    print(f"{out}: {len(runs)} runs of experiment {args.experiment!r} compared ({url})")
+                processes.stop(proc)
+    print(f"{out}: {len(runs)} runs of experiment {args.experiment!r} compared ({url}); "
+          f"plot axes: {', '.join(shown) or 'the page defaults'}")
     return 0
 
 

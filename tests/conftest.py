@@ -65,7 +65,7 @@ def write_small_dataset(source: Path, root: Path, n: int = 8, rows: int = 224, c
     e.g. the ``bam_dir`` fixture; never modified in place): the ``rows x cols`` window with the most particles of
     each image plus ``bar`` rows of its data bar, 8-bit gray TIFF with the pixel size as TIFF resolution; masks cut
     the same way."""
-    from nanoseg.micrograph import read_image_array, read_micrograph
+    from nanoseg.io.micrograph import read_image_array, read_micrograph
 
     for sub in (IMAGES, MASKS, CLASS_MASKS):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -108,9 +108,9 @@ def params_for(tmp_path):
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
     """Run the ``nanoseg`` command line in a subprocess."""
-    from nanoseg import procs
+    from nanoseg import processes
 
-    return procs.run([procs.tool("nanoseg"), *args], env=env, cwd=cwd, capture_output=True, text=True,
+    return processes.run([processes.tool("nanoseg"), *args], env=env, cwd=cwd, capture_output=True, text=True,
                      timeout=timeout)
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from nanoseg import procs
+from nanoseg import processes
 
 PORT_NAMES = ("s3.port", "s3.port.grpc", "master.port", "master.port.grpc", "volume.port",
               "volume.port.grpc", "filer.port", "filer.port.grpc", "admin.port", "admin.port.grpc")
@@ -40,7 +40,7 @@ PORT_NAMES = ("s3.port", "s3.port.grpc", "master.port", "master.port.grpc", "vol
 
 def find_weed() -> str | None:
     """Return the path of the SeaweedFS ``weed`` binary, or None."""
-    candidates = [os.environ.get("NANOSEG_WEED"), procs.tool("weed"), shutil.which("weed")]
+    candidates = [os.environ.get("NANOSEG_WEED"), processes.tool("weed"), shutil.which("weed")]
     for cand in candidates:
         if cand and Path(cand).is_file() and os.access(cand, os.X_OK):
             return str(cand)
@@ -109,7 +109,7 @@ class WeedServer:
         if self.running:
             return self
         with open(self.log, "ab") as log:
-            self.proc = procs.start(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            self.proc = processes.start(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     cwd=self.root)
         client = self.client(retries=1, connect_timeout=1, read_timeout=5)
         deadline = time.monotonic() + timeout
@@ -131,7 +131,7 @@ class WeedServer:
     def stop(self, timeout: float = 20.0) -> None:
         """Stop gracefully (SIGINT), killing it after ``timeout`` seconds."""
         if self.running:
-            procs.signal_all(self.proc, signal.SIGINT)
+            processes.signal_all(self.proc, signal.SIGINT)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -142,8 +142,8 @@ class WeedServer:
     def kill(self) -> None:
         """Kill at once (SIGKILL), like a crash or a power cut."""
         if self.proc is not None:
-            procs.signal_all(self.proc, signal.SIGKILL)  # no SIGTERM first: a crash
-            procs.stop(self.proc)  # returns when none of its group is left
+            processes.signal_all(self.proc, signal.SIGKILL)  # no SIGTERM first: a crash
+            processes.stop(self.proc)  # returns when none of its group is left
         self._remove_sockets()
 
     def _remove_sockets(self) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nanoseg import procs
+from nanoseg import processes
 from nanoseg.errors import NanosegError
 from tests.s3server import free_ports
 
@@ -32,14 +32,14 @@ class Served:
         env = {"MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})}
         with log.open("w") as out:
             if base_env is None:
-                self.proc = procs.start(self.cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+                self.proc = processes.start(self.cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
             else:  # exactly this environment: no PATH added
                 self.proc = subprocess.Popen(self.cmd, env={**base_env, **env}, stdout=out, stderr=subprocess.STDOUT,
                                              start_new_session=True)
 
     def wait(self, timeout: float = 300) -> "Served":
         try:
-            procs.wait_for_url(self.url + "/ping", self.proc, timeout, what="nanoseg serve", log=self.log)
+            processes.wait_for_url(self.url + "/ping", self.proc, timeout, what="nanoseg serve", log=self.log)
         except NanosegError as exc:
             pytest.fail(str(exc))
         return self
@@ -52,7 +52,7 @@ class Served:
             return False
 
     def stop(self) -> None:
-        procs.stop(self.proc)
+        processes.stop(self.proc)
 
 
 def post_raw(url: str, body: bytes, content_type: str = "application/json", timeout: float = 300):

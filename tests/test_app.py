@@ -26,9 +26,9 @@ from PIL import Image
 
 from nanoseg.cli import build_parser, main
 from nanoseg.errors import NanosegError
-from nanoseg.model import save_model
-from nanoseg.outputs import MARKER
-from nanoseg.predict import predict_command
+from nanoseg.model.network import save_model
+from nanoseg.io.outputs import MARKER
+from nanoseg.cli.predict import predict_command
 from tests.conftest import IMAGES, PX_PER_CM
 from tests.s3server import free_ports
 from tests.test_rois import discs_png
@@ -57,7 +57,7 @@ def images(tmp_path_factory):
 @pytest.fixture(scope="module")
 def crop(images, bam_dir):
     """crop.tif: 168 sample rows + 32 data-bar rows of a BAM image, pixel size in the TIFF."""
-    from nanoseg.micrograph import read_micrograph
+    from nanoseg.io.micrograph import read_micrograph
 
     mg = read_micrograph(sorted((bam_dir / IMAGES).glob("*.tif"))[0])
     pixels = np.concatenate([mg.pixels[100:268, 200:500], mg.pixels[712:744, 200:500]])
@@ -72,8 +72,8 @@ def app(tmp_path_factory, model_folder):
     """The app (create_app over a Workspace) served by uvicorn on a free loopback port, in a thread."""
     import uvicorn
 
-    from nanoseg.app import Workspace, create_app
-    from nanoseg.predict import load_predictor
+    from nanoseg.app.web import Workspace, create_app
+    from nanoseg.inference.loading import load_predictor
 
     predictor, settings = load_predictor(model_folder)
     ws = Workspace(predictor, settings, tmp_path_factory.mktemp("workspace"), str(model_folder))
@@ -219,7 +219,7 @@ def test_bad_uploads_get_the_cli_messages(app, images, model_folder, tmp_path, m
 
 
 def test_limits_as_in_serving(app, images):
-    from nanoseg.serving import MAX_IMAGE_BYTES, MAX_IMAGES, MAX_PIXELS
+    from nanoseg.serving.service import MAX_IMAGE_BYTES, MAX_IMAGES, MAX_PIXELS
 
     ws = app.ws
     assert (ws.max_images, ws.max_bytes, ws.max_pixels) == (MAX_IMAGES, MAX_IMAGE_BYTES, MAX_PIXELS)
@@ -277,8 +277,9 @@ def test_page_and_static_files_are_local(app):
 
 
 def test_cli_defaults_and_busy_port():
-    from nanoseg.app import DEFAULT_PORT, check_port
-    from nanoseg.serving import DEFAULT_MODEL
+    from nanoseg.app.web import DEFAULT_PORT
+    from nanoseg.cli.app import check_port
+    from nanoseg.serving.service import DEFAULT_MODEL
 
     args = build_parser().parse_args(["app"])
     assert args.model is None and args.port == DEFAULT_PORT == 5002  # app_command: None -> DEFAULT_MODEL

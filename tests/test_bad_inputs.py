@@ -84,7 +84,7 @@ def files(tmp_path_factory) -> dict:
 
     import keras
 
-    from nanoseg.model import save_model
+    from nanoseg.model.network import save_model
 
     keras.mixed_precision.set_global_policy("float32")
     x = keras.Input((None, None, 1))

@@ -17,9 +17,10 @@ class Interrupted(Exception):
 def test_an_interrupted_fold_resumes_at_the_next_epoch_in_its_run(tmp_path, bam_dir, monkeypatch, capsys):
     import mlflow
 
-    from nanoseg import crossval, tracking
+    from nanoseg import tracking
     from nanoseg.config import load_params
-    from nanoseg.dataset import prepare, read_prepared
+    from nanoseg.data.manifest import prepare, read_prepared
+    from nanoseg.pipeline import crossval
 
     data = write_small_dataset(bam_dir, tmp_path / "dataset", n=6)
     proj = tmp_path / "proj"

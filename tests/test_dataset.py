@@ -8,15 +8,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from nanoseg.dataset import (
-    check_source,
-    make_train_dataset,
-    pair_samples,
-    prepare,
-    random_crops,
-    read_prepared,
-    split_samples,
-)
+from nanoseg.data.dvc_import import check_source
+from nanoseg.data.manifest import pair_samples, prepare, read_prepared
+from nanoseg.data.split import split_samples
+from nanoseg.model.input_pipeline import make_train_dataset, random_crops
 from nanoseg.errors import NanosegError
 from tests.conftest import IMAGES, MASKS
 
@@ -105,14 +100,14 @@ def test_missing_source_folder(tmp_path, params_for):
 
 
 def test_import_dataset_through_dvc(small_dataset, tmp_path, params_for):
-    from nanoseg import procs
-    from nanoseg.dataset import import_dataset
+    from nanoseg import processes
+    from nanoseg.data.dvc_import import import_dataset
 
     repo = tmp_path / "repo"
     repo.mkdir()
-    procs.run(["git", "init", "-q"], cwd=repo, check=True)
-    dvc = procs.tool("dvc")
-    procs.run([dvc, "init", "-q"], cwd=repo, check=True)
+    processes.run(["git", "init", "-q"], cwd=repo, check=True)
+    dvc = processes.tool("dvc")
+    processes.run([dvc, "init", "-q"], cwd=repo, check=True)
     params = params_for(repo / "data")
     params["_root"] = str(repo)
     params["data"]["dir"] = "data"
@@ -121,7 +116,7 @@ def test_import_dataset_through_dvc(small_dataset, tmp_path, params_for):
     copy = data / IMAGES / src.name
     assert copy.read_bytes() == src.read_bytes()
     assert (repo / "data.dvc").is_file()
-    status = procs.run([dvc, "status", "--json"], cwd=repo, capture_output=True, text=True)
+    status = processes.run([dvc, "status", "--json"], cwd=repo, capture_output=True, text=True)
     assert json.loads(status.stdout or "{}") == {}
     # one changed byte shows up
     copy.chmod(0o644)
@@ -129,7 +124,7 @@ def test_import_dataset_through_dvc(small_dataset, tmp_path, params_for):
     raw[-1] ^= 0xFF
     copy.unlink()
     copy.write_bytes(bytes(raw))
-    status = procs.run([dvc, "status", "--json"], cwd=repo, capture_output=True, text=True)
+    status = processes.run([dvc, "status", "--json"], cwd=repo, capture_output=True, text=True)
     assert "data.dvc" in json.loads(status.stdout)
     # a second import of the same source restores it (dvc update)
     import_dataset(params, str(small_dataset))

@@ -1,4 +1,4 @@
-"""Tests for nanoseg.distribution."""
+"""Tests for nanoseg.measure.distribution."""
 
 import json
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from nanoseg import distribution
+from nanoseg.measure import distribution
 
 
 def test_lognormal_fit_and_bootstrap_ci():

@@ -1,7 +1,7 @@
 import numpy as np
 from skimage.draw import disk
 
-from nanoseg.error_analysis import classify_errors, error_summary, merged_mask
+from nanoseg.evaluation.error_analysis import classify_errors, error_summary, merged_mask
 
 
 def scene():
@@ -67,7 +67,7 @@ def test_merged_mask_marks_the_merged_pair():
 
 
 def test_error_bars_and_merged_overlay_are_written(tmp_path):
-    from nanoseg.plots import error_bars, error_overlay
+    from nanoseg.report.plots import error_bars, error_overlay
 
     g, p = scene()
     png = error_bars(error_summary(g, p), tmp_path / "errors.png", title="scene")

@@ -1,7 +1,7 @@
 import numpy as np
 from skimage.draw import disk
 
-from nanoseg.evaluation import training_scale
+from nanoseg.evaluation.scoring import training_scale
 
 
 def test_training_scale_reports_pixel_size_and_particle_sizes():

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import tifffile
 
-from nanoseg.crossval import choose_postprocess, config_key
-from nanoseg.model import build_unet, save_model
-from nanoseg.predict import predict_command
+from nanoseg.pipeline.crossval import choose_postprocess, config_key
+from nanoseg.model.network import build_unet, save_model
+from nanoseg.cli.predict import predict_command
 from tests.conftest import IMAGES, MASKS, PX_PER_CM
 from tests.test_postprocess import _chain, _synthetic_outputs
 
@@ -47,11 +47,11 @@ def test_choose_postprocess_tunes_the_decoder_on_validation_maps(params_for, tmp
 @pytest.mark.parametrize("head", ["classes3", "fg_distance"])
 def test_decoding_the_targets_of_a_real_mask_recovers_its_particles(bam_dir, head):
     """A perfect network: its outputs are the targets. Misses are the 1-9 px specks of the manual mask."""
-    from nanoseg.evaluation import truth_labels
-    from nanoseg.metrics import instance_metrics
-    from nanoseg.micrograph import read_image_array
-    from nanoseg.postprocess import decode_instances
-    from nanoseg.targets import make_targets
+    from nanoseg.evaluation.scoring import truth_labels
+    from nanoseg.evaluation.metrics import instance_metrics
+    from nanoseg.io.micrograph import read_image_array
+    from nanoseg.postprocess.decode import decode_instances
+    from nanoseg.model.targets import make_targets
 
     path = sorted((bam_dir / MASKS).glob("*_m.tif"))[0]
     mask = read_image_array(path)[:704] > 0
@@ -61,7 +61,8 @@ def test_decoding_the_targets_of_a_real_mask_recovers_its_particles(bam_dir, hea
 
 
 def test_score_uses_the_foreground_probability_of_instance_outputs():
-    from nanoseg.evaluation import score, segment
+    from nanoseg.evaluation.scoring import score
+    from nanoseg.postprocess.decode import segment
 
     mask, _ = _chain(3)
     outputs = _synthetic_outputs(mask)
@@ -73,7 +74,7 @@ def test_score_uses_the_foreground_probability_of_instance_outputs():
 
 
 def _bam_cut(bam_dir, k, rows=128, cols=192):
-    from nanoseg.micrograph import read_image_array, read_micrograph
+    from nanoseg.io.micrograph import read_image_array, read_micrograph
 
     path = sorted((bam_dir / IMAGES).glob("*.tif"))[k]
     mg = read_micrograph(path)
@@ -82,7 +83,7 @@ def _bam_cut(bam_dir, k, rows=128, cols=192):
 
 
 def test_instance_variant_trains_and_predicts_end_to_end(bam_dir, params_for, tmp_path):
-    from nanoseg.training import fit
+    from nanoseg.model.training import fit
 
     params = params_for(tmp_path)
     params["model"]["variant"] = "instance"

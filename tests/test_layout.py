@@ -12,7 +12,7 @@ import tifffile
 from PIL import Image
 
 from nanoseg.errors import NanosegError
-from nanoseg.layout import (DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, check_layout, image_layout, max_pixels_limit,
+from nanoseg.io.layout import (DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, check_layout, image_layout, max_pixels_limit,
                             parse_max_pixels)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from nanoseg.errors import NanosegError
-from nanoseg.losses import bce_dice_loss, bce_loss, dice_coefficient, dice_loss, get_loss
+from nanoseg.model.losses import bce_dice_loss, bce_loss, dice_coefficient, dice_loss, get_loss
 
 
 def f(x):
@@ -58,7 +58,7 @@ def test_get_loss():
 
 
 def _classes3_batch():
-    from nanoseg.targets import make_targets
+    from nanoseg.model.targets import make_targets
 
     mask = np.zeros((16, 16), bool)
     mask[2:14, 2:8] = mask[2:14, 9:14] = True  # two blocks apart by a 1-px line (column 8)
@@ -67,7 +67,7 @@ def _classes3_batch():
 
 
 def test_classes3_loss_weights_make_boundary_errors_cost_more():
-    from nanoseg.losses import InstanceLoss, classes3_loss
+    from nanoseg.model.losses import InstanceLoss, classes3_loss
 
     onehot, _ = _classes3_batch()
     good = 0.9 * onehot + 0.1 / 3
@@ -89,7 +89,7 @@ def test_classes3_loss_weights_make_boundary_errors_cost_more():
 
 
 def test_fg_distance_loss_and_config():
-    from nanoseg.losses import InstanceLoss, dice_loss, fg_distance_loss
+    from nanoseg.model.losses import InstanceLoss, dice_loss, fg_distance_loss
 
     t = np.zeros((1, 4, 4, 3), np.float32)
     t[..., 0, :2, 0] = 1.0
@@ -109,7 +109,7 @@ def test_fg_distance_loss_and_config():
 
 
 def test_instance_losses_and_metrics_are_float32_under_bfloat16():
-    from nanoseg.losses import classes3_loss, fg_distance_loss, instance_training_metrics
+    from nanoseg.model.losses import classes3_loss, fg_distance_loss, instance_training_metrics
 
     onehot, _ = _classes3_batch()
     t = keras.ops.cast(np.concatenate([onehot, np.ones_like(onehot[..., :1])], -1), "bfloat16")

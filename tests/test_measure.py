@@ -1,4 +1,4 @@
-"""Tests for nanoseg.measure on synthetic label images."""
+"""Tests for nanoseg.measure.particles on synthetic label images."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage import draw
 
-from nanoseg import measure
+from nanoseg.measure import particles as measure
 
 
 def _disc_labels(shape, discs):

@@ -1,4 +1,4 @@
-"""Tests for nanoseg.metrics (synthetic arrays and one cropped BAM(-layout) mask)."""
+"""Tests for nanoseg.evaluation.metrics (synthetic arrays and one cropped BAM(-layout) mask)."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 import tifffile
 from skimage import measure
 
-from nanoseg import metrics
+from nanoseg.evaluation import metrics
 from nanoseg.errors import NanosegError
 from tests.conftest import MASKS
 

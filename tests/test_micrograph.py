@@ -1,4 +1,4 @@
-"""Tests for nanoseg.micrograph: reading SEM images, pixel size, data bar, masks, `nanoseg info`."""
+"""Tests for nanoseg.io.micrograph: reading SEM images, pixel size, data bar, masks, `nanoseg info`."""
 
 from __future__ import annotations
 
@@ -13,18 +13,10 @@ import tifffile
 from PIL import Image
 
 from nanoseg.errors import NanosegError
-from nanoseg.micrograph import (
-    BitDepthWarning,
-    Micrograph,
-    PixelSizeWarning,
-    detect_databar,
-    effective_bits,
-    info_command,
-    parse_pixel_size,
-    pixel_size_from_tiff,
-    read_image_array,
-    read_mask,
-    read_micrograph,
+from nanoseg.io.masks import read_mask
+from nanoseg.cli.info import info_command
+from nanoseg.io.micrograph import (
+    BitDepthWarning, Micrograph, PixelSizeWarning, detect_databar, effective_bits, parse_pixel_size, pixel_size_from_tiff, read_image_array, read_micrograph,
 )
 
 from tests.conftest import BAM, CLASS_MASKS, IMAGES, MASKS, needs_real_bam
@@ -412,9 +404,9 @@ def test_read_mask(tmp_path):
 
 
 def _nanoseg() -> list[str]:
-    from nanoseg import procs
+    from nanoseg import processes
 
-    return [procs.tool("nanoseg")]
+    return [processes.tool("nanoseg")]
 
 
 def test_info_command_json(tmp_path, capsys):

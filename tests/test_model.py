@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from nanoseg.errors import NanosegError
-from nanoseg.losses import dice_coefficient, dice_loss
-from nanoseg.model import (build_unet, configure_precision, load_model, preferred_policy, save_model,
-                           with_policy)
+from nanoseg.model.losses import dice_coefficient, dice_loss
+from nanoseg.model.network import build_unet, load_model, save_model
+from nanoseg.model.precision import configure_precision, preferred_policy, with_policy
 from tests.conftest import WEIGHTS, needs_weights
 
 TINY = (16, 16, 8, 8, 8)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from nanoseg.errors import NanosegError
-from nanoseg.outputs import MARKER, answer_files, check_answer_files, check_replaceable, replace_folder, write_marker
+from nanoseg.io.outputs import MARKER, answer_files, check_answer_files, check_replaceable, replace_folder, write_marker
 
 
 def _nanoseg_output(folder):

@@ -10,15 +10,15 @@ import subprocess
 
 import pytest
 
-from nanoseg import procs
+from nanoseg import processes
 from tests.conftest import REPO, write_small_dataset
 
 pytestmark = pytest.mark.slow
 
 def sh(*cmd, cwd, check=True, timeout=900):
-    """Run a command as a user would with the venv on PATH (the venv's tools first, procs.child_env)."""
+    """Run a command as a user would with the venv on PATH (the venv's tools first, processes.child_env)."""
     base = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "NANOSEG_HOME")}
-    env = procs.child_env({"DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false",
+    env = processes.child_env({"DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false",
                            "MLFLOW_DISABLE_TELEMETRY": "true", "TF_CPP_MIN_LOG_LEVEL": "2"}, base=base)
     proc = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
     if check and proc.returncode != 0:
@@ -69,6 +69,8 @@ def test_smoke_pipeline_end_to_end(project):
     # MLflow: one cv parent run with two nested fold runs carrying the 7 metrics and plots
     import mlflow
 
+    from nanoseg.tracking import COMPARE_PARAMS as tracking_compare_params
+
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns/mlflow.db'}")
     exp = mlflow.get_experiment_by_name("nanoseg-bam-tio2")
     runs = mlflow.search_runs([exp.experiment_id], output_format="list")
@@ -79,10 +81,18 @@ def test_smoke_pipeline_end_to_end(project):
     assert len(folds) == 2
     for f in folds:
         assert {"val_dice", "val_iou", "val_auc", "val_f1_50"} <= set(f.data.metrics)
+        # the compared set, under the same names in every run (MLflow UI columns and compare view)
+        assert {"val_f1_50_clean", "val_pq_clean", "val_ecd_error"} <= set(f.data.metrics)
+        assert set(tracking_compare_params) <= set(f.data.params) and f.data.params["cpu"]
+        assert int(f.data.params["steps"]) > 0 and f.data.params["lr"] and f.data.params["batch"]
         assert f.data.tags.get("git_commit") and f.data.tags.get("data_md5")
         arts = {a.path for a in mlflow.MlflowClient().list_artifacts(f.info.run_id)}
         assert {"model", "plots", "overlays"} <= arts
     assert "dice_mean" in parents[0].data.metrics
+    assert parents[0].data.metrics["val_f1_50_clean"] == pytest.approx(cv["f1_50_clean_mean"])
+    assert set(tracking_compare_params) <= set(parents[0].data.params)
+    evaluate = [r for r in runs if r.data.tags.get("stage") == "evaluate"]
+    assert len(evaluate) == 1 and {"test_f1_50_clean", "test_ecd_error"} <= set(evaluate[0].data.metrics)
 
     # the candidate: the fold models as one ensemble, scored by evaluate as users get it
     meta = json.loads((project / "models/final/nanoseg.json").read_text())
@@ -103,7 +113,7 @@ def test_smoke_pipeline_end_to_end(project):
     assert bad.returncode == 2 and "none holds the alias 'champion'" in bad.stderr and "Traceback" not in bad.stderr
 
     # an interrupted/repeated cv does not train finished folds again
-    again = sh("python", "-m", "nanoseg.stages.cv", cwd=project)
+    again = sh("python", "-m", "nanoseg.pipeline.stages.cv", cwd=project)
     assert again.stdout.count("not trained again") == 2
 
     # the final model predicts new images with the output contract

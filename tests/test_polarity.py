@@ -1,4 +1,4 @@
-"""Contrast polarity (nanoseg.polarity): dark-particle images are recognised and inverted before inference."""
+"""Contrast polarity (nanoseg.inference.polarity): dark-particle images are recognised and inverted before inference."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from scipy import ndimage as ndi
 from skimage.draw import disk
 
 from nanoseg.errors import NanosegError
-from nanoseg.micrograph import read_micrograph
-from nanoseg.model import save_model
-from nanoseg.polarity import detect_polarity, parse_polarity, resolve_polarity, to_bright
-from nanoseg.predict import predict_command
+from nanoseg.io.micrograph import read_micrograph
+from nanoseg.model.network import save_model
+from nanoseg.inference.polarity import detect_polarity, parse_polarity, resolve_polarity, to_bright
+from nanoseg.cli.predict import predict_command
 from tests.conftest import IMAGES
 
 

@@ -1,10 +1,11 @@
-"""Tests for nanoseg.postprocess on small synthetic masks and images."""
+"""Tests for nanoseg.postprocess.decode on small synthetic masks and images."""
 
 import numpy as np
 import pytest
 from skimage import draw
 
-from nanoseg import postprocess
+from nanoseg.evaluation import selection
+from nanoseg.postprocess import decode as postprocess
 from nanoseg.errors import NanosegError
 
 
@@ -126,7 +127,7 @@ def test_tune_split_params_prefers_splitting_touching_pairs():
         rr, cc = draw.disk(c, 12, shape=mask.shape)
         gt[rr, cc] = i
     gt[:, [46, 47, 141, 142]] = 0
-    best = postprocess.tune_split_params([mask], [gt], grid={"split": [False, True],
+    best = selection.tune_split_params([mask], [gt], grid={"split": [False, True],
                                                              "min_distance_px": [5, 9]})
     assert best["split"] is True and best["f1_50"] == pytest.approx(1.0)
     assert len(best["scores"]) == 3  # split=False is evaluated once
@@ -137,7 +138,7 @@ def test_tune_split_params_prefers_splitting_touching_pairs():
 
 def _chain(n=4, radius=11, shape=(48, 200)):
     """n discs in a row, each overlapping the next, cut apart by 1-px background lines (BAM style)."""
-    from nanoseg.targets import instance_labels
+    from nanoseg.model.targets import instance_labels
 
     step = 2 * radius - 4
     centers = [(shape[0] // 2, 14 + i * step) for i in range(n)]
@@ -152,7 +153,7 @@ def _synthetic_outputs(mask):
     """What a well-trained model of each head would output, with the lines *filled* in the foreground."""
     from scipy import ndimage as ndi
 
-    from nanoseg.targets import make_targets, normalized_distance
+    from nanoseg.model.targets import make_targets, normalized_distance
 
     c3 = ndi.gaussian_filter(make_targets(mask, "classes3"), (1, 1, 0))
     c3 /= c3.sum(-1, keepdims=True)
@@ -164,7 +165,7 @@ def _synthetic_outputs(mask):
 
 @pytest.mark.parametrize("n", [2, 4])
 def test_decode_instances_separates_touching_discs(n):
-    from nanoseg.metrics import instance_metrics
+    from nanoseg.evaluation.metrics import instance_metrics
 
     mask, centers = _chain(n)
     for decoder, prob in _synthetic_outputs(mask).items():
@@ -198,11 +199,12 @@ def test_foreground_probability():
 
 
 def test_tune_instance_params_and_segment_use_the_decoder():
-    from nanoseg.evaluation import segment, truth_labels
+    from nanoseg.evaluation.scoring import truth_labels
+    from nanoseg.postprocess.decode import segment
 
     mask, _ = _chain(4)
     for decoder, prob in _synthetic_outputs(mask).items():
-        best = postprocess.tune_instance_params([prob], [truth_labels(mask)], decoder=decoder,
+        best = selection.tune_instance_params([prob], [truth_labels(mask)], decoder=decoder,
                                                 grid={"marker_threshold": [0.05, 0.5], "min_marker_px": [0, 3]})
         assert best["f1_50"] == pytest.approx(1.0) and best["marker_threshold"] == 0.5
         assert len(best["scores"]) == 4
@@ -210,4 +212,4 @@ def test_tune_instance_params_and_segment_use_the_decoder():
         seg_mask, labels = segment(prob, 0.5, post)
         assert labels.max() == 4 and np.array_equal(seg_mask, labels > 0)
     with pytest.raises(NanosegError, match="unknown grid keys"):
-        postprocess.tune_instance_params([prob], [mask], grid={"split": [True]})
+        selection.tune_instance_params([prob], [mask], grid={"split": [True]})

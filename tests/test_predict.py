@@ -16,8 +16,10 @@ from skimage.filters import threshold_otsu
 
 from nanoseg.cli import main
 from nanoseg.errors import NanosegError
-from nanoseg.model import build_unet, save_model
-from nanoseg.predict import Predictor, load_predictor, predict_command
+from nanoseg.model.network import build_unet, save_model
+from nanoseg.cli.predict import predict_command
+from nanoseg.inference.loading import load_predictor
+from nanoseg.inference.predictor import Predictor
 from tests.conftest import IMAGES, MASKS, PX_PER_CM
 
 keras.mixed_precision.set_global_policy("float32")
@@ -41,7 +43,7 @@ def conv_model():
 def sem_crop(tmp_path_factory, bam_dir):
     """A 300x200 (W x H) cut of a BAM(-layout) image: 168 sample rows (the window with the most particles) + 32 rows
     of its data bar, pixel size in the TIFF."""
-    from nanoseg.micrograph import read_image_array, read_micrograph
+    from nanoseg.io.micrograph import read_image_array, read_micrograph
 
     path = sorted((bam_dir / IMAGES).glob("*.tif"))[0]
     mg = read_micrograph(path)
@@ -119,9 +121,9 @@ def test_load_predictor_settings_and_uri(tmp_path, monkeypatch):
     assert meta["postprocess"]["split"] is True and meta["postprocess"]["min_area_nm2"] == 50.0
     assert load_predictor(folder, threshold=0.7)[1]["threshold"] == 0.7
 
-    import nanoseg.tracking
+    import nanoseg.tracking.registry
 
-    monkeypatch.setattr(nanoseg.tracking, "download_model", lambda uri: folder)
+    monkeypatch.setattr(nanoseg.tracking.registry, "download_model", lambda uri: folder)
     assert load_predictor("models:/nanoseg@champion")[1]["model_ref"] == "models:/nanoseg@champion"
     with pytest.raises(NanosegError, match="no such model folder"):
         load_predictor(tmp_path / "nothing")
@@ -256,7 +258,7 @@ def test_settings_come_from_the_model_not_a_params_yaml_in_the_working_folder(tm
 
 def test_ensemble_mean_spread_and_predict_files(sem_crop, tmp_path):
     """The ensemble candidate: one model averaging fold models; its members' spread is a second uncertainty map."""
-    from nanoseg.candidates import build_ensemble
+    from nanoseg.model.candidates import build_ensemble
 
     members = []
     for seed in (1, 2):
@@ -315,14 +317,14 @@ def test_a_bad_image_among_many_is_reported_and_skipped(sem_crop, tmp_path, caps
 
 
 def test_arguments_and_headers_are_checked_before_the_model_loads(sem_crop, tmp_path, monkeypatch):
-    import nanoseg.predict
+    import nanoseg.cli.predict
 
     image, _ = sem_crop
 
     def no_model(*a, **k):
         raise AssertionError("the model was loaded before the arguments were checked")
 
-    monkeypatch.setattr(nanoseg.predict, "load_predictor", no_model)
+    monkeypatch.setattr(nanoseg.cli.predict, "load_predictor", no_model)
     big = tmp_path / "big.png"
     Image.fromarray(np.zeros((300, 400), np.uint8)).save(big)
     cases = [({"pixel_size": "7 furlongs"}, "pixel size"), ({"databar_row": "x"}, "--databar-row 'x'"),
@@ -338,7 +340,7 @@ def test_arguments_and_headers_are_checked_before_the_model_loads(sem_crop, tmp_
 
 
 def test_without_pixel_size_the_minimum_area_is_in_px(sem_crop, tmp_path):
-    from nanoseg.predict import DEFAULT_MIN_AREA_PX, infer, post_without_pixel_size
+    from nanoseg.inference.analyze import DEFAULT_MIN_AREA_PX, infer, post_without_pixel_size
 
     post = {"min_area_nm2": 200.0, "opening_radius": 0}
     assert post_without_pixel_size(post, 7.34375)[0]["min_area_px"] == 4  # 200 nm2 at 7.34 nm/px

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import yaml
 
-from nanoseg import codehash, crossval
+from nanoseg import codehash
+from nanoseg.pipeline import crossval
 from tests.conftest import REPO
 
 
@@ -22,10 +23,12 @@ def test_dvc_stage_deps_cover_the_import_graph():
 
 
 def test_closure_follows_lazy_imports():
-    names = {p.name for p in codehash.closure(["nanoseg.training"])}
-    assert {"training.py", "losses.py", "model.py", "targets.py", "dataset.py"} <= names
-    cv = {str(p.relative_to(codehash.ROOT)) for p in codehash.closure(["nanoseg.stages.cv"])}
-    assert {"crossval.py", "metrics.py", "evaluation.py", "tracking.py", "stages/cv.py"} <= cv
+    names = {str(p.relative_to(codehash.ROOT)) for p in codehash.closure(["nanoseg.model.training"])}
+    assert {"model/training.py", "model/losses.py", "model/network.py", "model/targets.py", "model/input_pipeline.py",
+            "model/precision.py", "model/__init__.py"} <= names
+    cv = {str(p.relative_to(codehash.ROOT)) for p in codehash.closure(["nanoseg.pipeline.stages.cv"])}
+    assert {"pipeline/crossval.py", "evaluation/metrics.py", "evaluation/scoring.py", "tracking/__init__.py",
+            "pipeline/stages/cv.py", "pipeline/stages/__init__.py"} <= cv
 
 
 def test_resume_key_changes_with_the_training_code(monkeypatch):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from nanoseg.errors import NanosegError
+from nanoseg.serving import pyfunc
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -25,7 +26,8 @@ def save_tiny_model(folder):
     The last decoder level is set by hand to pass the input image through, so the model
     thresholds brightness (particles are bright): its masks hold particles, as a trained one's do.
     """
-    from nanoseg.model import build_unet, configure_precision, save_model
+    from nanoseg.model.network import build_unet, save_model
+    from nanoseg.model.precision import configure_precision
 
     configure_precision(False)
     model = build_unet(weights=None, decoder_filters=(8, 8, 8, 8, 8))
@@ -43,7 +45,8 @@ def save_tiny_model(folder):
 
 def save_broken_model(folder):
     """A candidate that outputs foreground everywhere (today's failure, exaggerated)."""
-    from nanoseg.model import build_unet, configure_precision, save_model
+    from nanoseg.model.network import build_unet, save_model
+    from nanoseg.model.precision import configure_precision
 
     configure_precision(False)
     model = build_unet(weights=None, decoder_filters=(8, 8, 8, 8, 8))
@@ -84,7 +87,7 @@ def prepared_project(tmp_path_factory, bam_dir):
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.delenv("NANOSEG_PROFILE", raising=False)
         mp.chdir(root)
-        from nanoseg.stages import prepare
+        from nanoseg.pipeline.stages import prepare
 
         assert prepare.command() == 0
     assert not (root / "mlruns").exists()  # the copies start with empty stores
@@ -115,7 +118,7 @@ def write_cv(root, dice, f1_clean, std=0.01):
 
 
 def evaluate_and_publish(capsys):
-    from nanoseg.stages import evaluate, publish
+    from nanoseg.pipeline.stages import evaluate, publish
 
     assert evaluate.command() == 0
     assert publish.command() == 0
@@ -127,8 +130,9 @@ def evaluate_and_publish(capsys):
 def score_only(folder):
     """The model's test scores, as evaluate measures them, without registering anything."""
     from nanoseg.config import load_params, resolve
-    from nanoseg.dataset import read_prepared
-    from nanoseg.testset import load_test, score_model
+    from nanoseg.data.manifest import read_prepared
+    from nanoseg.data.testset import load_test
+    from nanoseg.evaluation.testset import score_model
 
     params = load_params()
     manifest, split = read_prepared(resolve(params, "prepared"))
@@ -145,7 +149,7 @@ def champion_version():
 
 
 def test_gate_rule():
-    from nanoseg.stages.publish import RULE, gate
+    from nanoseg.pipeline.stages.publish import RULE, gate
 
     cv = {"dice_mean": 0.95, "dice_std": 0.003, "f1_50_clean_mean": 0.79, "f1_50_clean_std": 0.03}
     good = {"scores": {"dice": 0.94, "f1_50_clean": 0.76}, "profile": "cpu", "data_md5": "d", "split": "s",
@@ -177,7 +181,7 @@ def test_publish_gate_end_to_end(project, capsys):
     publish moves @champion only for a candidate that holds its CV estimate and beats the champion."""
     import mlflow
 
-    from nanoseg.predict import load_predictor
+    from nanoseg.inference.loading import load_predictor
 
     final = project / "models/final"
     # 1. a first candidate far below its CV estimate: registered, validation=failed, no alias
@@ -225,7 +229,7 @@ def test_publish_gate_end_to_end(project, capsys):
 
     # 5. metrics/test.json from other model files: refused (provenance), nothing scored twice silently
     set_threshold(final, 0.5 + 1e-6)
-    from nanoseg.stages import publish
+    from nanoseg.pipeline.stages import publish
 
     assert publish.command() == 0
     record = json.loads((project / "reports/publish.json").read_text())
@@ -239,7 +243,7 @@ def test_publish_gate_end_to_end(project, capsys):
 def test_champion_loads_as_pyfunc_and_refuses_bad_input(project, capsys):
     import mlflow
 
-    from nanoseg.serving import input_example
+    from nanoseg.serving.service import input_example
 
     save_tiny_model(project / "models/final")  # a candidate that holds its CV estimate: the first champion
     scores = score_only(project / "models/final")
@@ -260,7 +264,7 @@ def test_publish_refuses_missing_inputs_and_registers_nothing(project, tmp_path)
     import mlflow
 
     from nanoseg.config import load_params
-    from nanoseg.stages.publish import publish
+    from nanoseg.pipeline.stages.publish import publish
 
     save_tiny_model(project / "models/final")
     write_cv(project, 0.9, 0.9)
@@ -292,7 +296,7 @@ def test_plain_model_folder_becomes_a_pyfunc(project, tmp_path):
     from nanoseg import tracking
 
     save_tiny_model(project / "models/final")
-    path = tracking.save_pyfunc(project / "models/final", tmp_path / "pyfunc")
+    path = pyfunc.save_pyfunc(project / "models/final", tmp_path / "pyfunc")
     info = mlflow.models.get_model_info(str(path))
     assert info.flavors["python_function"]["artifacts"]["nanoseg_model"]["path"] == "artifacts/final"
     assert (path / "artifacts/final/model.keras").is_file() and info.signature.params
@@ -319,7 +323,12 @@ def test_ui_screenshot_shows_the_fold_runs(tmp_path):
             for k in range(2):
                 with tracking.start_run(f"fold-{k}", nested=True, tags={"stage": "cv", "fold": str(k)},
                                         params={"fold": k}):
-                    tracking.log_metrics({"val_dice": 0.90 + k / 100, "val_iou": 0.82 + k / 100})
+                    tracking.log_params(tracking.compare_params({"model": {"variant": "paper"},
+                                                                 "train": {"lr": 1e-3, "batch": 4}}, "Test CPU",
+                                                                steps=100 + k))
+                    scores = {"dice": 0.90 + k / 100, "f1_50_clean": 0.8, "pq_clean": 0.7,
+                              "median_ecd_rel_error_clean": 0.05}
+                    tracking.log_metrics({"val_iou": 0.82 + k / 100, **tracking.compare_metrics(scores, "val_")})
         with tracking.start_run("evaluate-paper-smoke", tags={"stage": "evaluate"}):
             pass
     out = tmp_path / "ui.png"
@@ -328,6 +337,8 @@ def test_ui_screenshot_shows_the_fold_runs(tmp_path):
                           capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 runs" in proc.stdout and "compare-runs" in proc.stdout  # the cv folds, waited for by name
+    # the plot opens on what differs (fold, steps) and the scores that decide, not on the page's defaults
+    assert "plot axes: fold, steps, val_dice, val_f1_50_clean, val_pq_clean, val_ecd_error" in proc.stdout
     image = Image.open(out)
     assert image.size == (1600, 1800)
     assert len(image.convert("L").getcolors(65536) or []) > 50  # a rendered page, not a blank one

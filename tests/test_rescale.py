@@ -1,4 +1,4 @@
-"""Inference at the model's pixel size (nanoseg.rescale) and sizes right at 0.5x-2x."""
+"""Inference at the model's pixel size (nanoseg.inference.rescale) and sizes right at 0.5x-2x."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import tifffile
 
 from nanoseg.errors import NanosegError
-from nanoseg.model import save_model
-from nanoseg.predict import predict_command
-from nanoseg.rescale import parse_scale, resample_image, resize_labels, scale_factor
+from nanoseg.model.network import save_model
+from nanoseg.cli.predict import predict_command
+from nanoseg.inference.rescale import parse_scale, resample_image, resize_labels, scale_factor
 
 MODEL_PX = 7.34  # nm per pixel the (pass-through) model was "trained" at
 DIAMETER_NM = 200.0

@@ -1,4 +1,4 @@
-"""nanoseg.rois: pixel-edge outlines and the Fiji ROI set of `nanoseg predict --roi`."""
+"""nanoseg.io.rois: pixel-edge outlines and the Fiji ROI set of `nanoseg predict --roi`."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from scipy import ndimage
 from skimage.draw import disk
 from skimage.measure import label
 
-from nanoseg.model import save_model
-from nanoseg.predict import predict_command
-from nanoseg.rois import outline, particle_outlines, polygon_area, write_rois
-from nanoseg.serving import example_image
+from nanoseg.model.network import save_model
+from nanoseg.cli.predict import predict_command
+from nanoseg.io.rois import outline, particle_outlines, polygon_area, write_rois
+from nanoseg.serving.service import example_image
 
 
 def pixels_inside(poly: np.ndarray, shape) -> np.ndarray:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nanoseg import procs
+from nanoseg import processes
 from nanoseg.errors import NanosegError
 from tests.s3server import free_ports
 
@@ -38,15 +38,15 @@ def mlflow_server(s3_server, tmp_path_factory):
     port = free_ports(1)[0]
     env = {**s3_server.env(), "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no extra job-runner process
-    cmd = [procs.tool("mlflow"), "server", "--host", "127.0.0.1",
+    cmd = [processes.tool("mlflow"), "server", "--host", "127.0.0.1",
            "--port", str(port), "--workers", "1",
            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
            "--artifacts-destination", f"s3://{bucket}/mlflow"]
     log = open(root / "server.log", "wb")
-    proc = procs.start(cmd, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT)
+    proc = processes.start(cmd, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT)
     uri = f"http://127.0.0.1:{port}"
     try:
-        procs.wait_for_url(f"{uri}/health", proc, 120, what="mlflow server", log=root / "server.log")
+        processes.wait_for_url(f"{uri}/health", proc, 120, what="mlflow server", log=root / "server.log")
     except NanosegError as exc:
         _stop(proc, log)
         pytest.fail(str(exc))
@@ -56,7 +56,7 @@ def mlflow_server(s3_server, tmp_path_factory):
 
 def _stop(proc, log):
     """Stop the server and its uvicorn worker (the process group it leads)."""
-    procs.stop(proc)
+    processes.stop(proc)
     log.close()
 
 

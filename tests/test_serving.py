@@ -21,6 +21,7 @@ import pytest
 
 from nanoseg import cli
 from nanoseg.errors import NanosegError
+from nanoseg.serving import pyfunc
 from tests.conftest import IMAGES, write_small_dataset
 from tests.served import Served, post
 from tests.test_registry import save_tiny_model
@@ -36,7 +37,7 @@ LEGACY_PICKLE = (b"\x80\x05\x95)\x00\x00\x00\x00\x00\x00\x00\x8c\x10nanoseg.trac
 def store(tmp_path_factory):
     """A tmp MLflow store holding a tiny untrained model registered as nanoseg@champion."""
     from nanoseg import tracking
-    from nanoseg.serving import input_example
+    from nanoseg.serving.service import input_example
 
     root = tmp_path_factory.mktemp("serving")
     uri = f"sqlite:///{root / 'mlruns/mlflow.db'}"
@@ -45,7 +46,7 @@ def store(tmp_path_factory):
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         tracking.setup()
         with tracking.start_run("publish-test"):
-            info = tracking.log_pyfunc(folder, input_example())
+            info = pyfunc.log_pyfunc(folder, input_example())
         tracking.set_alias(info.registered_model_version)
         yield {"root": root, "uri": uri, "folder": folder}
 
@@ -77,7 +78,7 @@ def test_answers_match_nanoseg_predict(server, store, images, tmp_path):
     import tifffile
     from PIL import Image
 
-    from nanoseg.serving import decode_labels, decode_mask, make_request
+    from nanoseg.serving.service import decode_labels, decode_mask, make_request
 
     status, reply = post(server.url, json.dumps(make_request(images)).encode())
     assert status == 200, reply
@@ -147,20 +148,20 @@ def test_malformed_requests_get_400_with_a_message(server, tmp_path):
 
 
 def test_server_stops(server):
-    from nanoseg import procs
+    from nanoseg import processes
 
     server.stop()
-    assert server.proc.poll() is not None and not procs.running(server.proc)  # uvicorn and its workers too
+    assert server.proc.poll() is not None and not processes.running(server.proc)  # uvicorn and its workers too
     assert not server.alive()
 
 
 def test_serve_without_the_venv_on_path(store, images, tmp_path):
     """`.venv/bin/nanoseg serve` from a bare environment (cron, systemd: `env -i PATH=/usr/bin:/bin`) starts
     its server with the venv's tools and answers a real request; stopping it leaves no process behind."""
-    from nanoseg import procs
-    from nanoseg.serving import make_request
+    from nanoseg import processes
+    from nanoseg.serving.payload import make_request
 
-    script = procs.tool("nanoseg")
+    script = processes.tool("nanoseg")
     assert Path(script).is_file(), "the nanoseg script next to the interpreter (pip install -e .)"
     bare = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", str(tmp_path)), "LC_ALL": "C.UTF-8",
             **{k: os.environ[k] for k in ("PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL") if k in os.environ}}
@@ -170,10 +171,10 @@ def test_serve_without_the_venv_on_path(store, images, tmp_path):
         srv.wait()
         status, reply = post(srv.url, json.dumps(make_request(images[:1])).encode())
         assert status == 200 and reply["predictions"][0]["summary"]["n_particles"] > 0, reply
-        assert procs.family(srv.proc)  # uvicorn (and its 2 workers) under `nanoseg serve`
+        assert processes.family(srv.proc)  # uvicorn (and its 2 workers) under `nanoseg serve`
     finally:
         srv.stop()
-    assert not procs.running(srv.proc) and not srv.alive()
+    assert not processes.running(srv.proc) and not srv.alive()
 
 
 class FakeServer:
@@ -194,17 +195,17 @@ class FakeServer:
 def test_serve_command_runs_uvicorn_with_explicit_limits(store, monkeypatch, tmp_path, capsys):
     """`nanoseg serve`: uvicorn running nanoseg's guard over MLflow's scoring app, with explicit workers,
     concurrency limit and timeout, pickles refused, the store's password masked in what it prints."""
-    from nanoseg import procs
+    from nanoseg import processes
 
-    monkeypatch.setattr(procs.subprocess, "Popen", FakeServer)
+    monkeypatch.setattr(processes.subprocess, "Popen", FakeServer)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
     assert cli.main(["serve", "--port", "5099", "--workers", "3", "--max-concurrent", "4", "--timeout", "90"]) == 0
     cmd, env = FakeServer.calls[-1]
-    assert cmd[1:] == ["-m", "uvicorn", "--factory", "nanoseg.server:create_app", "--host", "127.0.0.1", "--port",
+    assert cmd[1:] == ["-m", "uvicorn", "--factory", "nanoseg.serving.server:create_app", "--host", "127.0.0.1", "--port",
                        "5099", "--workers", "3", "--no-server-header", "--timeout-graceful-shutdown", "10"]
     assert env["NANOSEG_SERVE_MAX_CONCURRENT"] == "4" and env["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] == "90"
     assert env["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false" and env["MLFLOW_TRACKING_URI"] == store["uri"]
-    assert env["PATH"].split(os.pathsep)[: len(procs.bin_dirs())] == procs.bin_dirs()  # the venv's tools first
+    assert env["PATH"].split(os.pathsep)[: len(processes.bin_dirs())] == processes.bin_dirs()  # the venv's tools first
     assert "3 worker(s) x 4 request(s) at once, timeout 90 s" in capsys.readouterr().out
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:s3cr3t-pw@127.0.0.1:9/")  # not used by a model folder
@@ -228,13 +229,13 @@ def _legacy_version(folder) -> str:
     from mlflow.utils.file_utils import local_file_uri_to_path
 
     from nanoseg import tracking
-    from nanoseg.pyfunc import NanosegPyfunc
+    from nanoseg.serving.pyfunc import NanosegPyfunc
 
     with warnings.catch_warnings(), tracking.start_run("publish-legacy"):
         warnings.simplefilter("ignore")
         info = mlflow.pyfunc.log_model(name="model", python_model=NanosegPyfunc(),
-                                       artifacts={tracking.MODEL_ARTIFACT: str(folder)},
-                                       signature=tracking.pyfunc_signature(), registered_model_name="nanoseg")
+                                       artifacts={pyfunc.MODEL_ARTIFACT: str(folder)},
+                                       signature=pyfunc.pyfunc_signature(), registered_model_name="nanoseg")
     local = Path(local_file_uri_to_path(mlflow.get_logged_model(info.model_id).artifact_location))
     assert (local / "python_model.pkl").is_file()
     (local / "python_model.pkl").write_bytes(LEGACY_PICKLE)
@@ -246,15 +247,14 @@ def test_models_from_code_and_pickled_versions_load(store, monkeypatch, tmp_path
     MLflow, and `nanoseg serve` serves its weights through this nanoseg's code without unpickling it."""
     import mlflow
 
-    from nanoseg import tracking
-    from nanoseg.serving import input_example
+    from nanoseg.serving.service import input_example
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
     mlflow.set_tracking_uri(store["uri"])
     source = mlflow.artifacts.download_artifacts("models:/nanoseg@champion", dst_path=str(tmp_path / "code"))
     flavor = mlflow.models.Model.load(source).flavors["python_function"]
     assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model" and "python_model" not in flavor
-    assert tracking.is_own_code(source) and not list(tmp_path.rglob("*.pkl"))
+    assert pyfunc.is_own_code(source) and not list(tmp_path.rglob("*.pkl"))
     with monkeypatch.context() as mp:
         mp.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
         model = mlflow.pyfunc.load_model("models:/nanoseg@champion")
@@ -265,8 +265,8 @@ def test_models_from_code_and_pickled_versions_load(store, monkeypatch, tmp_path
     old = mlflow.pyfunc.load_model(f"models:/nanoseg/{version}")  # pickles allowed: MLflow's default
     assert type(old.unwrap_python_model()).__name__ == "NanosegPyfunc"
     assert old.predict(input_example(), params={"return_images": False}) == new
-    local, note = tracking.servable_model(f"models:/nanoseg/{version}", tmp_path / "serve")
-    assert "is a pickled pyfunc (logged before models from code)" in note and tracking.is_own_code(local)
+    local, note = pyfunc.servable_model(f"models:/nanoseg/{version}", tmp_path / "serve")
+    assert "is a pickled pyfunc (logged before models from code)" in note and pyfunc.is_own_code(local)
     with monkeypatch.context() as mp:
         mp.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
         with pytest.raises(mlflow.exceptions.MlflowException, match="pickle is disallowed"):
@@ -275,16 +275,64 @@ def test_models_from_code_and_pickled_versions_load(store, monkeypatch, tmp_path
     edited = tmp_path / "edited"
     shutil.copytree(source, edited)
     (edited / "served_model.py").write_text("raise SystemExit('registry code must never run')\n")
-    local, note = tracking.servable_model(str(edited), tmp_path / "serve2")
-    assert "holds code other than this nanoseg's" in note and tracking.is_own_code(local)
+    local, note = pyfunc.servable_model(str(edited), tmp_path / "serve2")
+    assert "holds code other than this nanoseg's" in note and pyfunc.is_own_code(local)
+
+
+# served_model.py as every version registered before nanoseg's subpackages holds it (it imports nanoseg.pyfunc)
+PRE_MOVE_SERVED_MODEL = '''"""The served model's code, logged with every model version (MLflow "models from code").
+
+``mlflow.pyfunc.log_model(python_model=<this file>, ...)`` copies this file into the model; loading
+the model runs it, and :func:`mlflow.models.set_model` hands MLflow the model object. Nothing is
+pickled: the model version holds this text, the weights (``artifacts/<folder>/model.keras``, loaded
+by Keras in safe mode) and ``nanoseg.json``. The code itself is the installed nanoseg's
+(:class:`nanoseg.pyfunc.NanosegPyfunc`); ``nanoseg serve`` serves a version through this file only
+when the copy in the registry is byte for byte this one (:func:`nanoseg.tracking.servable_model`).
+"""
+
+import mlflow
+
+from nanoseg.pyfunc import NanosegPyfunc
+
+mlflow.models.set_model(NanosegPyfunc())
+'''
+
+
+def test_versions_registered_before_the_subpackages_load_and_serve(store, monkeypatch, tmp_path):
+    """A version logged with the pre-move served_model.py (``from nanoseg.pyfunc import NanosegPyfunc``) loads
+    with plain MLflow (pickles refused) and answers like the current code; `nanoseg serve` serves it as is."""
+    import hashlib
+
+    import mlflow
+
+    from nanoseg import tracking
+    from nanoseg.serving.service import input_example
+
+    assert hashlib.sha256(PRE_MOVE_SERVED_MODEL.encode()).hexdigest() in pyfunc.LEGACY_MODEL_CODE
+    code = tmp_path / "served_model.py"
+    code.write_text(PRE_MOVE_SERVED_MODEL)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    mlflow.set_tracking_uri(store["uri"])
+    with warnings.catch_warnings(), tracking.start_run("publish-pre-move"):
+        warnings.simplefilter("ignore")
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(code),
+                                       artifacts={pyfunc.MODEL_ARTIFACT: str(store["folder"])},
+                                       signature=pyfunc.pyfunc_signature(), registered_model_name="nanoseg")
+    uri = f"models:/nanoseg/{info.registered_model_version}"
+    old = mlflow.pyfunc.load_model(uri).predict(input_example(), params={"return_images": False})
+    new = mlflow.pyfunc.load_model("models:/nanoseg@champion").predict(input_example(), params={"return_images": False})
+    assert old == new and old[0]["summary"]["n_particles"] > 0
+    local, note = pyfunc.servable_model(uri, tmp_path / "serve")
+    assert note is None and (local / "served_model.py").read_text() == PRE_MOVE_SERVED_MODEL  # served as it is
 
 
 # ----------------------------------------------------------------------------- thread safety, limits, errors
 
 
 def test_service_limits_concurrent_requests(monkeypatch):
-    from nanoseg import serving
-    from nanoseg.payload import ServerBusy
+    from nanoseg.serving import service as serving
+    from nanoseg.serving.payload import ServerBusy
 
     service = serving.Service(None, {"threshold": 0.5}, max_concurrent=1)
     started, release = threading.Event(), threading.Event()
@@ -312,7 +360,7 @@ def test_reads_change_no_process_wide_state(tmp_path):
     """Each thread's tifffile messages go to its own list; a missing pixel size becomes a note, not a warning."""
     import tifffile
 
-    from nanoseg.micrograph import quiet_tifffile, read_micrograph
+    from nanoseg.io.micrograph import quiet_tifffile, read_micrograph
 
     logger = logging.getLogger("tifffile")
     handlers, propagate, filters = list(logger.handlers), logger.propagate, list(logger.filters)
@@ -343,8 +391,8 @@ def test_reads_change_no_process_wide_state(tmp_path):
 
 
 def test_served_errors_are_one_line_with_the_right_status():
-    from nanoseg.payload import RequestError, ServerBusy
-    from nanoseg.pyfunc import served_error
+    from nanoseg.serving.payload import RequestError, ServerBusy
+    from nanoseg.serving.pyfunc import served_error
 
     bad = served_error(RequestError("image 1 (a\nb.tif): not an image"))
     assert bad.get_http_status_code() == 400 and bad.message == "image 1 (a b.tif): not an image"
@@ -388,7 +436,7 @@ def fake_app(status: int, body: bytes, raise_after: bool = False, hold: asyncio.
 
 
 def test_guard_cleans_error_answers():
-    from nanoseg.server import Guard
+    from nanoseg.serving.server import Guard
 
     trace = json.dumps({"error_code": "BAD_REQUEST", "message": "Encountered an unexpected error", "stack_trace":
                         "Traceback (most recent call last):\n  File \"x.py\", line 1"}).encode()
@@ -411,7 +459,7 @@ def test_guard_cleans_error_answers():
 
 
 def test_guard_answers_503_when_full():
-    from nanoseg.server import Guard
+    from nanoseg.serving.server import Guard
 
     async def scenario():
         hold = asyncio.Event()
@@ -449,7 +497,7 @@ def test_image_size_reads_the_real_layout():
     """A planar RGB TIFF page (3 x H x W) is H x W, not 3 x H; a PNG bomb's size comes from its header."""
     import tifffile
 
-    from nanoseg.serving import RequestError, image_size, read_upload
+    from nanoseg.serving.service import RequestError, image_size, read_upload
     from tests.test_layout import png_header
 
     buf = io.BytesIO()
@@ -480,7 +528,7 @@ def _fake_answer(name: str) -> dict:
 
 
 def test_request_out_refuses_collisions_and_existing_answers(tmp_path, monkeypatch, capsys):
-    from nanoseg import serving
+    from nanoseg.cli import request
 
     sent = []
 
@@ -488,7 +536,7 @@ def test_request_out_refuses_collisions_and_existing_answers(tmp_path, monkeypat
         sent.append(body)
         return {"predictions": [_fake_answer(r["name"]) for r in body["dataframe_records"]]}
 
-    monkeypatch.setattr(serving, "post", fake_post)
+    monkeypatch.setattr(request, "post", fake_post)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     one, two = tmp_path / "a" / "x.tif", tmp_path / "b" / "x.png"

@@ -31,7 +31,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def body():
-    from nanoseg.payload import example_image
+    from nanoseg.serving.payload import example_image
 
     record = {"image": base64.b64encode(example_image(384)).decode(), "name": "load.png", "pixel_size_nm": 7.34375}
     return json.dumps({"dataframe_records": [record], "params": {"return_images": True}}).encode()

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from skimage import measure
 
-from nanoseg.dataset import pair_samples
-from nanoseg.micrograph import read_mask, read_micrograph
-from nanoseg.polarity import detect_polarity
+from nanoseg.data.manifest import pair_samples
+from nanoseg.io.masks import read_mask
+from nanoseg.io.micrograph import read_micrograph
+from nanoseg.inference.polarity import detect_polarity
 from tests.synthetic_bam import synthetic_micrograph
 
 

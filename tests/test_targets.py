@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from skimage import draw, measure
 
-from nanoseg.dataset import random_crops
+from nanoseg.model.input_pipeline import random_crops
 from nanoseg.errors import NanosegError
-from nanoseg.targets import (BACKGROUND, BOUNDARY, INTERIOR, border_weights, boundary_classes, instance_settings,
+from nanoseg.model.targets import (BACKGROUND, BOUNDARY, INTERIOR, border_weights, boundary_classes, instance_settings,
                              make_targets, normalized_distance, separate_touching, separating_lines,
                              training_targets, zoom_mask, zoom_targets)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nanoseg.tiling import blend_weights, pad_widths, predict_tiled, tile_grid
+from nanoseg.inference.tiling import blend_weights, pad_widths, predict_tiled, tile_grid
 
 
 def identity(tiles):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from nanoseg.errors import NanosegError
-from nanoseg.training import fit
+from nanoseg.model.training import fit
 from tests.conftest import REPO
 
 
@@ -60,7 +60,7 @@ def test_bad_crop_and_batch(smoke_params):
 
 
 def test_cosine_lr_decays_to_the_final_factor():
-    from nanoseg.training import cosine_lr
+    from nanoseg.model.training import cosine_lr
 
     assert cosine_lr(1e-3, 0.0) == pytest.approx(1e-3)
     assert cosine_lr(1e-3, 1.0, 0.05) == pytest.approx(5e-5)
@@ -81,7 +81,7 @@ def test_lr_schedule_logged_and_ends_decayed(smoke_params):
 
 
 def test_val_every_best_epoch_indexes_training_epochs(smoke_params):
-    from nanoseg.training import best_epoch_of, save_history_csv
+    from nanoseg.model.training import best_epoch_of, save_history_csv
 
     nan = float("nan")
     assert best_epoch_of([nan, 0.5, nan, 0.3], 4) == 4
@@ -106,7 +106,7 @@ def test_interrupted_training_resumes_after_its_last_finished_epoch(smoke_params
     and curves of the first two; the backup is gone once training ends; another key starts over."""
     import json
 
-    from nanoseg.training import Backup
+    from nanoseg.model.training import Backup
 
     imgs, masks = _data()
     smoke_params["train"].update(epochs=4, patience=3, lr=1e-3)
@@ -143,7 +143,7 @@ def test_interrupted_training_resumes_after_its_last_finished_epoch(smoke_params
 
 
 def test_nan_loss_removes_the_backup(smoke_params, tmp_path):
-    from nanoseg.training import Backup
+    from nanoseg.model.training import Backup
 
     imgs, masks = _data()
     with pytest.raises(NanosegError, match="NaN"):

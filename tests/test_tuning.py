@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from nanoseg import tuning
+from nanoseg.pipeline import tuning
 from nanoseg.errors import NanosegError
 from tests.conftest import REPO, write_small_dataset
 from tests.s3server import free_ports
@@ -83,7 +83,9 @@ def test_pruned_and_failed_trials_are_nested_mlflow_runs(tmp_path, monkeypatch):
     """The objective with training stubbed: pruning raised from the per-epoch log, a bad setting failing."""
     import mlflow
 
-    from nanoseg import crossval, tracking, training
+    from nanoseg import tracking
+    from nanoseg.pipeline import crossval
+    from nanoseg.model import training
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
 
@@ -172,7 +174,7 @@ def postgres():
 
 WORKER = textwrap.dedent("""
     import os, sys, time
-    from nanoseg import tuning
+    from nanoseg.pipeline import tuning
 
     def objective(trial):
         trial.set_user_attr("worker", os.getpid())
@@ -207,7 +209,7 @@ def test_two_workers_share_one_study_on_postgresql(postgres):
 def project(tmp_path_factory, bam_dir):
     """A project folder (smoke profile, small dataset, prepared split) with its own store."""
     from nanoseg.config import load_params
-    from nanoseg.dataset import prepare
+    from nanoseg.data.manifest import prepare
 
     root = tmp_path_factory.mktemp("tune")
     data = write_small_dataset(bam_dir, root / "dataset", n=8)
@@ -228,11 +230,11 @@ def test_tune_command_prunes_resumes_and_reports(project):
     env = {k: v for k, v in os.environ.items()
            if k not in ("MLFLOW_TRACKING_URI", "NANOSEG_PROFILE", "NANOSEG_OPTUNA_STORAGE")}
     env["NANOSEG_HOME"] = str(project)
-    from nanoseg import procs
+    from nanoseg import processes
 
     def tune(*args):
-        return subprocess.run([procs.tool("nanoseg"), "tune", *args], cwd=project, capture_output=True, text=True,
-                              timeout=600, env=procs.child_env(base=env))
+        return subprocess.run([processes.tool("nanoseg"), "tune", *args], cwd=project, capture_output=True, text=True,
+                              timeout=600, env=processes.child_env(base=env))
 
     first = tune("--trials", "1")
     assert first.returncode == 0, first.stderr[-4000:]

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import tifffile
 
-from nanoseg.dataset import prepare
+from nanoseg.data.manifest import prepare
 from nanoseg.errors import NanosegError
-from nanoseg.validation import run_gate
+from nanoseg.data.validation import run_gate
 from tests.conftest import IMAGES, MASKS, write_small_dataset
 
 
 def _gate(params, tmp_path):
     manifest = prepare(params, tmp_path / "prepared", progress=False)
-    from nanoseg.dataset import read_prepared
+    from nanoseg.data.manifest import read_prepared
 
     m, split = read_prepared(tmp_path / "prepared")
     return run_gate(m, split, params, tmp_path / "report")

@@ -2,7 +2,8 @@
 
 The closure follows every ``import nanoseg...`` / ``from nanoseg... import ...`` in
 the package's source, including imports inside functions (nanoseg imports heavy
-modules lazily), so it is what the code can run, not what one call happens to
+modules lazily), and the ``__init__.py`` of every package on the way (importing
+``nanoseg.io.micrograph`` runs ``nanoseg/io/__init__.py`` first), so it is what the code can run, not what one call happens to
 touch. Used for resume keys (a fold trained by other training code is trained
 again) and by the test that checks ``dvc.yaml`` deps against the import graph.
 """
@@ -52,6 +53,7 @@ def closure(modules) -> list[Path]:
             continue
         seen[name] = path
         todo.extend(_imports(path))
+        todo.extend(".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1))  # packages run first
     return sorted(set(seen.values()))
 
 

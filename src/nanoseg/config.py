@@ -48,11 +48,11 @@ def store_root(start: str | os.PathLike | None = None) -> Path:
     return root
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge_params(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in (over or {}).items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_params(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -86,7 +86,7 @@ def load_params(path: str | os.PathLike | None = None, profile: str | None = Non
         raise NanosegError(
             f"{path}: profile {name!r} is not defined; choose one of {sorted(profiles)}."
         )
-    params = _merge(raw, profiles[name])
+    params = merge_params(raw, profiles[name])
     params["profile"] = name
     params["_root"] = str(path.resolve().parent)
     return params

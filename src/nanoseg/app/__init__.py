@@ -1,0 +1,1 @@
+"""``nanoseg app``: a page for microscopists (FastAPI) and its static files."""

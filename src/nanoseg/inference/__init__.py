@@ -1,0 +1,1 @@
+"""From an image to probability maps: tiled prediction, resampling, polarity, the loaded predictor."""

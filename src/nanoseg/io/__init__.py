@@ -1,0 +1,1 @@
+"""Reading and writing files: micrographs (TIFF/PNG, pixel size, data bar), masks, result folders, Fiji ROI sets."""

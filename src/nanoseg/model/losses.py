@@ -1,0 +1,169 @@
+"""Training losses and metrics for the segmentation network.
+
+Soft Dice (the paper's loss), a Dice coefficient metric and BCE + Dice. All
+math is done in float32 (``keras.ops``), so they work unchanged when the model
+runs under the ``mixed_bfloat16`` policy, with any Keras 3 backend.
+
+The instance variant (:mod:`nanoseg.model.targets`) trains with :class:`InstanceLoss`:
+a per-pixel weighted cross-entropy (the weights arrive as the last target
+channel: class weights, optionally plus the U-Net border term) plus soft Dice,
+and for the ``fg_distance`` head an MSE on the normalised distance. Its
+metrics (:func:`instance_metrics`) report the foreground Dice under the paper
+metric's name ``dice_coefficient``, so learning curves compare side by side.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from nanoseg.errors import NanosegError
+
+
+def _as_float32(y_true, y_pred):
+    return ops.cast(y_true, "float32"), ops.cast(y_pred, "float32")
+
+
+def dice_coefficient(y_true, y_pred, smooth=1.0):
+    """Soft Dice coefficient over the whole batch.
+
+    ``(2 * sum(t * p) + smooth) / (sum(t) + sum(p) + smooth)``, summed over
+    every pixel and channel of every sample.
+
+    Parameters
+    ----------
+    y_true, y_pred : tensor
+        Targets in {0, 1} and probabilities in [0, 1], same shape.
+    smooth : float
+        Added to numerator and denominator (empty masks give 1).
+
+    Returns
+    -------
+    tensor
+        Scalar float32.
+    """
+    y_true, y_pred = _as_float32(y_true, y_pred)
+    intersection = ops.sum(y_true * y_pred)
+    total = ops.sum(y_true) + ops.sum(y_pred)
+    return (2.0 * intersection + smooth) / (total + smooth)
+
+
+def dice_loss(y_true, y_pred, smooth=1.0):
+    """Soft Dice loss over the batch: ``1 - dice_coefficient``."""
+    return 1.0 - dice_coefficient(y_true, y_pred, smooth=smooth)
+
+
+def bce_loss(y_true, y_pred):
+    """Mean binary cross-entropy over the batch (float32 scalar)."""
+    y_true, y_pred = _as_float32(y_true, y_pred)
+    return ops.mean(keras.losses.binary_crossentropy(y_true, y_pred))
+
+
+def bce_dice_loss(y_true, y_pred, smooth=1.0):
+    """Mean binary cross-entropy plus soft Dice loss (float32 scalar)."""
+    return bce_loss(y_true, y_pred) + dice_loss(y_true, y_pred, smooth=smooth)
+
+
+# ----------------------------------------------------------------------------- instance variant
+
+_EPS = 1e-7
+
+
+def _unpack(y_true, y_pred):
+    """Split targets (N, H, W, C [+ 1 weight]) into (targets, weights) beside float32 predictions."""
+    y_true, y_pred = _as_float32(y_true, y_pred)
+    c = y_pred.shape[-1]
+    weights = y_true[..., c] if y_true.shape[-1] > c else ops.ones_like(y_true[..., 0])
+    return y_true[..., :c], weights, y_pred
+
+
+def _weighted_mean(values, weights):
+    return ops.sum(values * weights) / ops.cast(ops.size(values), "float32")
+
+
+def _soft_dice(t, p, smooth=1.0):
+    return (2.0 * ops.sum(t * p) + smooth) / (ops.sum(t) + ops.sum(p) + smooth)
+
+
+def classes3_loss(y_true, y_pred, smooth=1.0):
+    """Pixel-weighted categorical cross-entropy + (1 - mean soft Dice of the 3 classes).
+
+    ``y_true`` is (N, H, W, 4): one-hot background / interior / boundary and the
+    per-pixel weight; ``y_pred`` the (N, H, W, 3) softmax. The cross-entropy is
+    ``sum(w * ce) / n_pixels``, so the weights set how much rare boundary pixels count.
+    """
+    t, w, p = _unpack(y_true, y_pred)
+    ce = -ops.sum(t * ops.log(ops.clip(p, _EPS, 1.0)), axis=-1)
+    dice = sum(_soft_dice(t[..., k], p[..., k], smooth) for k in range(3)) / 3.0
+    return _weighted_mean(ce, w) + 1.0 - dice
+
+
+def fg_distance_loss(y_true, y_pred, distance_weight=1.0, smooth=1.0):
+    """Pixel-weighted BCE + soft Dice on the foreground channel, plus ``distance_weight`` x MSE of the distance.
+
+    ``y_true`` is (N, H, W, 3): foreground, normalised distance, weight;
+    ``y_pred`` the (N, H, W, 2) sigmoid outputs.
+    """
+    t, w, p = _unpack(y_true, y_pred)
+    pf = ops.clip(p[..., 0], _EPS, 1.0 - _EPS)
+    bce = -(t[..., 0] * ops.log(pf) + (1.0 - t[..., 0]) * ops.log(1.0 - pf))
+    mse = ops.mean(ops.square(p[..., 1] - t[..., 1]))
+    return _weighted_mean(bce, w) + 1.0 - _soft_dice(t[..., 0], p[..., 0], smooth) + distance_weight * mse
+
+
+@keras.saving.register_keras_serializable(package="nanoseg")
+class InstanceLoss(keras.losses.Loss):
+    """The instance variant's loss for ``head`` (:func:`classes3_loss` or :func:`fg_distance_loss`)."""
+
+    def __init__(self, head="classes3", distance_weight=1.0, name="instance_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if head not in ("classes3", "fg_distance"):
+            raise NanosegError(f"instance head {head!r} is unknown; use classes3 or fg_distance.")
+        self.head, self.distance_weight = head, float(distance_weight)
+
+    def call(self, y_true, y_pred):
+        if self.head == "classes3":
+            return classes3_loss(y_true, y_pred)
+        return fg_distance_loss(y_true, y_pred, self.distance_weight)
+
+    def get_config(self):
+        return {**super().get_config(), "head": self.head, "distance_weight": self.distance_weight}
+
+
+def _fg_classes3(y_true, y_pred):
+    t, _, p = _unpack(y_true, y_pred)
+    return dice_coefficient(1.0 - t[..., 0], 1.0 - p[..., 0])
+
+
+def _fg_fg_distance(y_true, y_pred):
+    t, _, p = _unpack(y_true, y_pred)
+    return dice_coefficient(t[..., 0], p[..., 0])
+
+
+def _boundary_dice(y_true, y_pred):
+    t, _, p = _unpack(y_true, y_pred)
+    return dice_coefficient(t[..., 2], p[..., 2])
+
+
+def _distance_mae(y_true, y_pred):
+    t, _, p = _unpack(y_true, y_pred)
+    return ops.mean(ops.abs(p[..., 1] - t[..., 1]))
+
+
+def instance_training_metrics(head):
+    """Training metrics of an instance head: foreground Dice (named ``dice_coefficient``) and
+    ``boundary_dice`` (classes3) or ``distance_mae`` (fg_distance)."""
+    wrap = keras.metrics.MeanMetricWrapper
+    if head == "classes3":
+        return [wrap(_fg_classes3, name="dice_coefficient"), wrap(_boundary_dice, name="boundary_dice")]
+    return [wrap(_fg_fg_distance, name="dice_coefficient"), wrap(_distance_mae, name="distance_mae")]
+
+
+LOSSES = {"dice": dice_loss, "bce_dice": bce_dice_loss, "bce": bce_loss}
+
+
+def get_loss(name):
+    """Return the loss function named in params.yaml (``train.loss``)."""
+    if name not in LOSSES:
+        raise NanosegError(f"loss {name!r} is unknown; set train.loss in params.yaml to one of {sorted(LOSSES)}.")
+    return LOSSES[name]

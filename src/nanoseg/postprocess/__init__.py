@@ -1,0 +1,1 @@
+"""From probability maps to binary masks and instance labels (threshold, watershed decoders)."""

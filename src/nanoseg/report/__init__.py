@@ -1,0 +1,1 @@
+"""Figures: learning curves, error plots and overlays."""

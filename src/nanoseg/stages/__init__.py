@@ -1,1 +1,0 @@
-"""One thin entry point per ``dvc.yaml`` stage: ``python -m nanoseg.stages.<name>``."""

@@ -1,0 +1,27 @@
+"""Experiment tracking (MLflow): runs (:mod:`nanoseg.tracking.runs`) and the model registry
+(:mod:`nanoseg.tracking.registry`), both re-exported here (``from nanoseg import tracking``;
+``python -m nanoseg.tracking --uri`` prints the tracking URI).
+
+How the served model is logged and loaded is :mod:`nanoseg.serving.pyfunc`'s: tracking imports nothing
+above itself.
+"""
+
+import importlib
+
+from nanoseg.tracking.registry import (  # noqa: F401
+    CHAMPION, REGISTERED_MODEL, alias_version, check_model_uri, download_model, download_pyfunc, model_uri,
+    set_alias, set_version_tags,
+)
+from nanoseg.tracking.runs import (  # noqa: F401
+    COMPARE_METRICS, COMPARE_PARAMS, EXPERIMENT, compare_metrics, compare_params, end_run, find_run, log_artifact, log_dict, log_metrics, log_params, log_to_run, main, run_status, run_tags,
+    set_tags, setup, start_run, store_dir, tracking_uri,
+)
+
+
+def __getattr__(name):
+    """``nanoseg.tracking.NanosegPyfunc``: the name that the pickle of every version registered before models
+    from code holds. Looked up by name only when MLflow unpickles such a version (``nanoseg serve`` never
+    does: :func:`nanoseg.serving.pyfunc.servable_model`); nanoseg's own code never takes this path."""
+    if name == "NanosegPyfunc":
+        return importlib.import_module("nanoseg.serving.pyfunc").NanosegPyfunc
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
