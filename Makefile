@@ -2,16 +2,27 @@
 #   make run    create .venv, install the pinned stack, import the dataset (DVC), run `dvc repro`
 #   make test   create .venv, install, run the test suite
 # Other targets: install, data, ui, tune, serve, screenshot, s3-up, s3-down, bench, clean-venv.
+# The Docker image runs the same targets (Dockerfile): `make install` at build time, `make run` / `make serve`.
 
 SHELL := /bin/bash
 VENV ?= .venv
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 BIN := $(abspath $(VENV))/bin
 UI_PORT ?= 5000
+SERVE_HOST ?= 127.0.0.1
 SERVE_PORT ?= 5001
+SERVE_ARGS ?=
 PYTEST_ARGS ?=
+# The install is keyed by the content of requirements.lock and pyproject.toml, not their dates: a checkout
+# mounted into the Docker image (same files, newer dates) uses the image's venv as it is.
+INSTALL_KEY := $(shell $(PYTHON) -c 'import hashlib; print(hashlib.sha256(open("requirements.lock", "rb").read() + open("pyproject.toml", "rb").read()).hexdigest()[:16])')
+STAMP := $(VENV)/.installed-$(INSTALL_KEY)
+# set in the Docker image: its venv is never reinstalled (nor this checkout installed into it) at run time
+NANOSEG_FROZEN_VENV ?=
 
 export PATH := $(BIN):$(PATH)
+# the code run is this checkout's (src/), whichever checkout the venv was installed from
+export PYTHONPATH := $(CURDIR)/src$(if $(PYTHONPATH),:$(PYTHONPATH))
 export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -20,13 +31,15 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: run test install data ui tune serve screenshot s3-up s3-down bench clean-venv
 
-install: $(VENV)/.installed
+install: $(STAMP)
 
-$(VENV)/.installed: requirements.lock pyproject.toml
+$(STAMP):
+	@if [ -n "$(NANOSEG_FROZEN_VENV)" ]; then echo "make install: $(VENV) is the image's environment, installed from another requirements.lock or pyproject.toml than this checkout's: rebuild the image (docker build -t nanoseg .)" >&2; exit 1; fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.lock
 	$(BIN)/python -m pip install -q --no-deps -e .
+	rm -f $(VENV)/.installed $(VENV)/.installed-*
 	touch $@
 
 data: install
@@ -50,7 +63,7 @@ tune: install
 	nanoseg tune
 
 serve: install
-	nanoseg serve --host 127.0.0.1 --port $(SERVE_PORT)
+	nanoseg serve --host $(SERVE_HOST) --port $(SERVE_PORT) $(SERVE_ARGS)
 
 screenshot: install
 	python scripts/ui_screenshot.py --out reports/mlflow_ui.png

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ui_screenshot import DevTools, _free_port, find_browser  # noqa: E402
 
 from nanoseg.errors import NanosegError, report_errors  # noqa: E402
-from nanoseg.processes import stop_process_group  # noqa: E402
+from nanoseg import processes  # noqa: E402
 
 
 class AppServer:
@@ -39,24 +38,15 @@ class AppServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(log)
         cmd = [sys.executable, "-m", "nanoseg", "app", "--model", str(model), "--port", str(self.port)]
-        self.proc = subprocess.Popen(cmd, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        with self.log.open("w") as out:
+            self.proc = processes.start(cmd, stdout=out, stderr=subprocess.STDOUT)
 
     def wait(self, timeout: float = 300) -> "AppServer":
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise NanosegError(f"nanoseg app exited ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(self.url + "/api/info", timeout=2):
-                    return self
-            except OSError:
-                time.sleep(0.5)
-        raise NanosegError(f"nanoseg app did not answer at {self.url} within {timeout:.0f} s:\n"
-                           f"{self.log.read_text()[-3000:]}")
+        processes.wait_for_url(self.url + "/api/info", self.proc, timeout, what="nanoseg app", log=self.log)
+        return self
 
     def stop(self) -> None:
-        stop_process_group(self.proc)
+        processes.stop(self.proc)
 
 
 class Page:

@@ -20,21 +20,19 @@ import json
 import os
 import select
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 from nanoseg.errors import NanosegError, report_errors  # noqa: E402
-from nanoseg.processes import stop_process_group  # noqa: E402
+from nanoseg import processes  # noqa: E402
 
 # best effort, MLflow 3 UI: close the assistant side panel so the runs get the width
 TIDY_JS = ("document.querySelectorAll('button[data-component-id=\"mlflow.assistant.chat_panel.close\"]')"
@@ -115,20 +113,16 @@ def start_ui(port: int, log: Path, timeout: float = 120):
 
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking.tracking_uri(),
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # no GenAI job runner for a screenshot
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no GenAI job runner for a screenshot
+    with log.open("w") as out:
+        proc = processes.start(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise NanosegError(f"mlflow ui exited ({proc.returncode}):\n{log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=2):
-                return proc, base
-        except OSError:
-            time.sleep(0.5)
-    stop_process_group(proc)
-    raise NanosegError(f"mlflow ui did not answer at {base} within {timeout:.0f} s:\n{log.read_text()[-2000:]}")
+    try:
+        processes.wait_for_url(base + "/health", proc, timeout, what="mlflow ui", log=log)
+    except NanosegError:
+        processes.stop(proc)
+        raise
+    return proc, base
 
 
 
@@ -152,9 +146,8 @@ class DevTools:
 
         cmd = [browser, *FLAGS, "--remote-debugging-pipe", f"--user-data-dir={profile}",
                f"--window-size={size[0]},{size[1]}", "about:blank"]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, preexec_fn=fds, pass_fds=(3, 4),
-                                     start_new_session=True)
+        self.proc = processes.start(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, preexec_fn=fds, pass_fds=(3, 4))
         os.close(to_chrome)
         os.close(from_chrome)
         self._buf, self._id, self.size = b"", 0, size
@@ -196,8 +189,8 @@ class DevTools:
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+            pass
+        processes.stop(self.proc, timeout=0)  # what is left of Chromium (its helper processes too)
 
 
 def _key(chrome: DevTools, session: str, key: str, code: int) -> None:
@@ -315,7 +308,7 @@ def main(argv=None) -> int:
                                     axes=axes)
         finally:
             if proc is not None:
-                stop_process_group(proc)
+                processes.stop(proc)
     print(f"{out}: {len(runs)} runs of experiment {args.experiment!r} compared ({url}); "
           f"plot axes: {', '.join(shown) or 'the page defaults'}")
     return 0

@@ -10,9 +10,6 @@ With ``NANOSEG_NO_SKIP=1`` (``make test``, ``.ci/run``) any other skip fails the
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -111,9 +108,10 @@ def params_for(tmp_path):
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
     """Run the ``nanoseg`` command line in a subprocess."""
-    exe = shutil.which("nanoseg", path=str(Path(sys.executable).parent)) or "nanoseg"
-    return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    from nanoseg import processes
+
+    return processes.run([processes.tool("nanoseg"), *args], env=env, cwd=cwd, capture_output=True, text=True,
+                     timeout=timeout)
 
 
 # ----------------------------------------------------------------------------- the skip guard

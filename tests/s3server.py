@@ -26,12 +26,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+
+from nanoseg import processes
 
 PORT_NAMES = ("s3.port", "s3.port.grpc", "master.port", "master.port.grpc", "volume.port",
               "volume.port.grpc", "filer.port", "filer.port.grpc", "admin.port", "admin.port.grpc")
@@ -39,8 +40,7 @@ PORT_NAMES = ("s3.port", "s3.port.grpc", "master.port", "master.port.grpc", "vol
 
 def find_weed() -> str | None:
     """Return the path of the SeaweedFS ``weed`` binary, or None."""
-    candidates = [os.environ.get("NANOSEG_WEED"), Path(sys.executable).parent / "weed",
-                  shutil.which("weed")]
+    candidates = [os.environ.get("NANOSEG_WEED"), processes.tool("weed"), shutil.which("weed")]
     for cand in candidates:
         if cand and Path(cand).is_file() and os.access(cand, os.X_OK):
             return str(cand)
@@ -109,8 +109,8 @@ class WeedServer:
         if self.running:
             return self
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, cwd=self.root)
+            self.proc = processes.start(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    cwd=self.root)
         client = self.client(retries=1, connect_timeout=1, read_timeout=5)
         deadline = time.monotonic() + timeout
         while True:
@@ -131,18 +131,19 @@ class WeedServer:
     def stop(self, timeout: float = 20.0) -> None:
         """Stop gracefully (SIGINT), killing it after ``timeout`` seconds."""
         if self.running:
-            self.proc.send_signal(signal.SIGINT)
+            processes.signal_all(self.proc, signal.SIGINT)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.kill()
+                pass
+            self.kill()  # whatever is left of its process group
         self._remove_sockets()
 
     def kill(self) -> None:
         """Kill at once (SIGKILL), like a crash or a power cut."""
-        if self.running:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            processes.signal_all(self.proc, signal.SIGKILL)  # no SIGTERM first: a crash
+            processes.stop(self.proc)  # returns when none of its group is left
         self._remove_sockets()
 
     def _remove_sockets(self) -> None:

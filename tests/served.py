@@ -3,40 +3,46 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from nanoseg import processes
+from nanoseg.errors import NanosegError
 from tests.s3server import free_ports
 
 
 class Served:
     """``nanoseg serve --model MODEL [options]`` on 127.0.0.1 and a free port, in its own process group."""
 
-    def __init__(self, model, log: Path, *options: str, env: dict | None = None):
+    def __init__(self, model, log: Path, *options: str, env: dict | None = None, command: list | None = None,
+                 base_env: dict | None = None):
+        """``command`` replaces ``python -m nanoseg`` (e.g. the venv's ``nanoseg`` script); ``base_env``
+        replaces ``os.environ`` as the environment ``env`` adds to (e.g. a bare ``PATH=/usr/bin:/bin``)."""
+        import subprocess
+
         self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.cmd = [sys.executable, "-m", "nanoseg", "serve", "--model", str(model), "--host", "127.0.0.1",
-                    "--port", str(self.port), *options]
+        self.cmd = [*(command or [sys.executable, "-m", "nanoseg"]), "serve", "--model", str(model),
+                    "--host", "127.0.0.1", "--port", str(self.port), *options]
         self.log = log
-        self.proc = subprocess.Popen(self.cmd, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})},
-                                     stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+        env = {"MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})}
+        with log.open("w") as out:
+            if base_env is None:
+                self.proc = processes.start(self.cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+            else:  # exactly this environment: no PATH added
+                self.proc = subprocess.Popen(self.cmd, env={**base_env, **env}, stdout=out, stderr=subprocess.STDOUT,
+                                             start_new_session=True)
 
     def wait(self, timeout: float = 300) -> "Served":
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                pytest.fail(f"the server exited ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}")
-            if self.alive():
-                return self
-            time.sleep(1)
-        pytest.fail(f"the server did not answer /ping in {timeout} s:\n{self.log.read_text()[-3000:]}")
+        try:
+            processes.wait_for_url(self.url + "/ping", self.proc, timeout, what="nanoseg serve", log=self.log)
+        except NanosegError as exc:
+            pytest.fail(str(exc))
+        return self
 
     def alive(self, path: str = "/ping") -> bool:
         try:
@@ -46,9 +52,7 @@ class Served:
             return False
 
     def stop(self) -> None:
-        from nanoseg.processes import stop_process_group
-
-        stop_process_group(self.proc)
+        processes.stop(self.proc)
 
 
 def post_raw(url: str, body: bytes, content_type: str = "application/json", timeout: float = 300):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -101,15 +100,14 @@ def test_missing_source_folder(tmp_path, params_for):
 
 
 def test_import_dataset_through_dvc(small_dataset, tmp_path, params_for):
-    import subprocess
-
+    from nanoseg import processes
     from nanoseg.data.dvc_import import import_dataset
 
     repo = tmp_path / "repo"
     repo.mkdir()
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    dvc = shutil.which("dvc", path=str(__import__("pathlib").Path(__import__("sys").executable).parent))
-    subprocess.run([dvc, "init", "-q"], cwd=repo, check=True)
+    processes.run(["git", "init", "-q"], cwd=repo, check=True)
+    dvc = processes.tool("dvc")
+    processes.run([dvc, "init", "-q"], cwd=repo, check=True)
     params = params_for(repo / "data")
     params["_root"] = str(repo)
     params["data"]["dir"] = "data"
@@ -118,7 +116,7 @@ def test_import_dataset_through_dvc(small_dataset, tmp_path, params_for):
     copy = data / IMAGES / src.name
     assert copy.read_bytes() == src.read_bytes()
     assert (repo / "data.dvc").is_file()
-    status = subprocess.run([dvc, "status", "--json"], cwd=repo, capture_output=True, text=True)
+    status = processes.run([dvc, "status", "--json"], cwd=repo, capture_output=True, text=True)
     assert json.loads(status.stdout or "{}") == {}
     # one changed byte shows up
     copy.chmod(0o644)
@@ -126,7 +124,7 @@ def test_import_dataset_through_dvc(small_dataset, tmp_path, params_for):
     raw[-1] ^= 0xFF
     copy.unlink()
     copy.write_bytes(bytes(raw))
-    status = subprocess.run([dvc, "status", "--json"], cwd=repo, capture_output=True, text=True)
+    status = processes.run([dvc, "status", "--json"], cwd=repo, capture_output=True, text=True)
     assert "data.dvc" in json.loads(status.stdout)
     # a second import of the same source restores it (dvc update)
     import_dataset(params, str(small_dataset))

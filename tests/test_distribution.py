@@ -26,6 +26,23 @@ def test_lognormal_fit_and_bootstrap_ci():
     assert json.loads(text)["count"] == 1500
 
 
+def _percentile_bootstrap(x, n_boot, seed):
+    """The 95 % percentile-bootstrap CIs of the median and GSD by hand (nanoseg's own code before it used
+    scipy.stats.bootstrap): the same resamples from the same seed, drawn row by row."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(n_boot, x.size))
+    medians, gsds = np.median(x[idx], axis=1), np.exp(np.log(x)[idx].std(axis=1, ddof=1))
+    return [*np.percentile(medians, [2.5, 97.5]), *np.percentile(gsds, [2.5, 97.5])]
+
+
+@pytest.mark.parametrize("n", [2, 37, 5000])  # 5000 values: resampled in 3 batches of 400
+def test_bootstrap_ci_is_the_percentile_bootstrap(n):
+    x = np.random.default_rng(n).lognormal(3.0, 0.4, n)
+    d = distribution.size_distribution(x, n_boot=1000, seed=7)
+    got = [d["median_ci_low"], d["median_ci_high"], d["gsd_ci_low"], d["gsd_ci_high"]]
+    assert got == pytest.approx(_percentile_bootstrap(x, 1000, 7), rel=1e-12)
+
+
 def test_too_few_values():
     d = distribution.size_distribution([np.nan, -1.0, 12.0], unit="px")
     assert d["count"] == 1 and d["unit"] == "px"

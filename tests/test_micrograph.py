@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 import warnings
 from argparse import Namespace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -407,8 +404,9 @@ def test_read_mask(tmp_path):
 
 
 def _nanoseg() -> list[str]:
-    script = Path(sys.executable).with_name("nanoseg")
-    return [str(script)] if script.exists() else [shutil.which("nanoseg") or "nanoseg"]
+    from nanoseg import processes
+
+    return [processes.tool("nanoseg")]
 
 
 def test_info_command_json(tmp_path, capsys):

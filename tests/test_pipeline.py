@@ -7,23 +7,19 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from nanoseg import processes
 from tests.conftest import REPO, write_small_dataset
 
 pytestmark = pytest.mark.slow
 
-BIN = Path(sys.executable).parent
-
-
 def sh(*cmd, cwd, check=True, timeout=900):
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-           "GX_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("NANOSEG_HOME", None)
+    """Run a command as a user would with the venv on PATH (the venv's tools first, processes.child_env)."""
+    base = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "NANOSEG_HOME")}
+    env = processes.child_env({"DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false",
+                           "MLFLOW_DISABLE_TELEMETRY": "true", "TF_CPP_MIN_LOG_LEVEL": "2"}, base=base)
     proc = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")

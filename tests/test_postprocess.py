@@ -68,6 +68,45 @@ def test_clean_mask_min_area():
     assert labels.max() == 1 and labels.dtype == np.int32
 
 
+def _remove_small_by_hand(labels, min_area_px):
+    """The rule by hand: instances of fewer than ``min_area_px`` pixels become 0, the others 1..n in order."""
+    out = np.zeros(labels.shape, np.int32)
+    kept = [v for v in np.unique(labels) if v and np.count_nonzero(labels == v) >= min_area_px]
+    for new, v in enumerate(kept, 1):
+        out[labels == v] = new
+    return out
+
+
+def test_remove_small_instances_on_crafted_labels():
+    """Sizes 1, 4, 5, 19, 20, 21 px under non-sequential ids (one split in two pieces), thresholds on and
+    between the sizes; a bool mask is labelled 4-connected (diagonal neighbours are two instances)."""
+    import warnings
+
+    labels = np.zeros((30, 40), np.int32)
+    labels[0, 0] = 3                                  # 1 px
+    labels[2:4, 2:4] = 8                              # 4 px
+    labels[6, 0:5] = 40                               # 5 px
+    labels[10:11, 0:19] = 7                           # 19 px
+    labels[14:16, 0:10] = 2                           # 20 px
+    labels[20:23, 0:5] = labels[20:22, 20:23] = 11    # 15 + 6 = 21 px in two pieces, one instance
+    for threshold in (0, 1, 2, 4, 5, 5.5, 19, 20, 20.5, 21, 22):
+        got = postprocess.remove_small_instances(labels, threshold)
+        assert got.dtype == np.int32 and np.array_equal(got, _remove_small_by_hand(labels, threshold)), threshold
+    assert postprocess.remove_small_instances(labels, 20).max() == 2
+
+    mask = np.zeros((6, 6), bool)
+    mask[0, 0] = mask[1, 1] = True  # diagonal: two 1-px instances in 4-connectivity
+    mask[3:6, 3:6] = True
+    assert postprocess.remove_small_instances(mask).max() == 3
+    assert np.array_equal(postprocess.remove_small_instances(mask, 2), mask & (np.arange(6) >= 3)[:, None])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one instance: kept or removed, without scikit-image's one-label warning
+        one = (np.arange(36).reshape(6, 6) < 9).astype(np.int32) * 5
+        assert np.array_equal(postprocess.remove_small_instances(one, 9), one // 5)
+        assert not postprocess.remove_small_instances(one, 10).any()
+        assert not postprocess.remove_small_instances(np.zeros((4, 4), np.int32), 3).any()
+
+
 def test_otsu_and_baseline_on_synthetic_image():
     rng = np.random.default_rng(0)
     mask = _discs((120, 160), [(30, 30), (30, 90), (80, 60), (80, 120)], 12)

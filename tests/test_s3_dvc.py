@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 import tifffile
 
+from nanoseg import processes
+
 BAM = Path(os.environ.get("NANOSEG_BAM_DIR",
                           Path(__file__).resolve().parents[2] / "shared/datasets/bam-tio2"))
 BAM_IMAGE = BAM / "Electron Microscopy Images" / "SEM" / "1908248.tif"
-DVC = str(Path(sys.executable).parent / "dvc") if (Path(sys.executable).parent / "dvc").is_file() \
-    else shutil.which("dvc")
+DVC = processes.tool("dvc") if Path(processes.tool("dvc")).is_file() else shutil.which("dvc")
 
 STATS = """\
 import hashlib, pathlib
@@ -43,7 +44,7 @@ pytestmark = pytest.mark.skipif(DVC is None, reason="dvc executable not found")
 
 
 def _run(args, cwd, env, check=True):
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(args, cwd=cwd, env=processes.child_env(base=env), capture_output=True, text=True, timeout=180)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -9,16 +9,14 @@ artifacts, which must land in the bucket.
 
 import os
 import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from nanoseg.processes import stop_process_group
+from nanoseg import processes
+from nanoseg.errors import NanosegError
 from tests.s3server import free_ports
 
 mlflow = pytest.importorskip("mlflow")
@@ -38,36 +36,27 @@ def mlflow_server(s3_server, tmp_path_factory):
     s3_server.client().create_bucket(Bucket=bucket)
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_ports(1)[0]
-    env = {**os.environ, **s3_server.env(), "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
+    env = {**s3_server.env(), "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no extra job-runner process
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+    cmd = [processes.tool("mlflow"), "server", "--host", "127.0.0.1",
            "--port", str(port), "--workers", "1",
            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
            "--artifacts-destination", f"s3://{bucket}/mlflow"]
     log = open(root / "server.log", "wb")
-    proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = processes.start(cmd, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT)
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _stop(proc, log)
-            tail = (root / "server.log").read_text()[-3000:]
-            pytest.fail(f"mlflow server did not start:\n{tail}")
-        time.sleep(0.5)
+    try:
+        processes.wait_for_url(f"{uri}/health", proc, 120, what="mlflow server", log=root / "server.log")
+    except NanosegError as exc:
+        _stop(proc, log)
+        pytest.fail(str(exc))
     yield uri, bucket
     _stop(proc, log)
 
 
 def _stop(proc, log):
     """Stop the server and its uvicorn worker (the process group it leads)."""
-    stop_process_group(proc)
+    processes.stop(proc)
     log.close()
 
 

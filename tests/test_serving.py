@@ -9,6 +9,7 @@ import base64
 import io
 import json
 import logging
+import os
 import shutil
 import threading
 import warnings
@@ -147,9 +148,33 @@ def test_malformed_requests_get_400_with_a_message(server, tmp_path):
 
 
 def test_server_stops(server):
+    from nanoseg import processes
+
     server.stop()
-    assert server.proc.poll() is not None
+    assert server.proc.poll() is not None and not processes.running(server.proc)  # uvicorn and its workers too
     assert not server.alive()
+
+
+def test_serve_without_the_venv_on_path(store, images, tmp_path):
+    """`.venv/bin/nanoseg serve` from a bare environment (cron, systemd: `env -i PATH=/usr/bin:/bin`) starts
+    its server with the venv's tools and answers a real request; stopping it leaves no process behind."""
+    from nanoseg import processes
+    from nanoseg.serving.payload import make_request
+
+    script = processes.tool("nanoseg")
+    assert Path(script).is_file(), "the nanoseg script next to the interpreter (pip install -e .)"
+    bare = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", str(tmp_path)), "LC_ALL": "C.UTF-8",
+            **{k: os.environ[k] for k in ("PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL") if k in os.environ}}
+    srv = Served(store["folder"], tmp_path / "bare.log", "--workers", "2", command=[script], base_env=bare,
+                 env={"MLFLOW_TRACKING_URI": store["uri"]})
+    try:
+        srv.wait()
+        status, reply = post(srv.url, json.dumps(make_request(images[:1])).encode())
+        assert status == 200 and reply["predictions"][0]["summary"]["n_particles"] > 0, reply
+        assert processes.family(srv.proc)  # uvicorn (and its 2 workers) under `nanoseg serve`
+    finally:
+        srv.stop()
+    assert not processes.running(srv.proc) and not srv.alive()
 
 
 class FakeServer:
@@ -170,9 +195,9 @@ class FakeServer:
 def test_serve_command_runs_uvicorn_with_explicit_limits(store, monkeypatch, tmp_path, capsys):
     """`nanoseg serve`: uvicorn running nanoseg's guard over MLflow's scoring app, with explicit workers,
     concurrency limit and timeout, pickles refused, the store's password masked in what it prints."""
-    from nanoseg.cli import serve
+    from nanoseg import processes
 
-    monkeypatch.setattr(serve.subprocess, "Popen", FakeServer)
+    monkeypatch.setattr(processes.subprocess, "Popen", FakeServer)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
     assert cli.main(["serve", "--port", "5099", "--workers", "3", "--max-concurrent", "4", "--timeout", "90"]) == 0
     cmd, env = FakeServer.calls[-1]
@@ -180,6 +205,7 @@ def test_serve_command_runs_uvicorn_with_explicit_limits(store, monkeypatch, tmp
                        "5099", "--workers", "3", "--no-server-header", "--timeout-graceful-shutdown", "10"]
     assert env["NANOSEG_SERVE_MAX_CONCURRENT"] == "4" and env["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] == "90"
     assert env["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false" and env["MLFLOW_TRACKING_URI"] == store["uri"]
+    assert env["PATH"].split(os.pathsep)[: len(processes.bin_dirs())] == processes.bin_dirs()  # the venv's tools first
     assert "3 worker(s) x 4 request(s) at once, timeout 90 s" in capsys.readouterr().out
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:s3cr3t-pw@127.0.0.1:9/")  # not used by a model folder

@@ -94,3 +94,59 @@ def test_val_every_best_epoch_indexes_training_epochs(smoke_params):
     assert info["best_epoch"] in (2, 4)
     assert np.isnan(history["val_loss"][0]) and np.isfinite(history["val_loss"][1])
     save_history_csv(history, "/tmp/nanoseg-history-test.csv")  # equal lengths: writes
+
+
+class Interrupted(Exception):
+    """Stands for a kill, Ctrl+C or power cut in the middle of training."""
+
+
+def test_interrupted_training_resumes_after_its_last_finished_epoch(smoke_params, tmp_path):
+    """Keras BackupAndRestore per run: killed after epoch 2 of 4, the next fit with the same backup and key
+    trains epochs 3 and 4 only, with the weights, optimizer state, learning-rate schedule, early stopping
+    and curves of the first two; the backup is gone once training ends; another key starts over."""
+    import json
+
+    from nanoseg.model.training import Backup
+
+    imgs, masks = _data()
+    smoke_params["train"].update(epochs=4, patience=3, lr=1e-3)
+    _, reference, _ = fit(imgs, masks, imgs[:1], masks[:1], smoke_params)
+    folder = tmp_path / "backup"
+    first = []
+
+    def killed_after_epoch_2(metrics, epoch):
+        first.append(metrics)
+        if epoch == 1:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        fit(imgs, masks, imgs[:1], masks[:1], smoke_params, log=killed_after_epoch_2, backup=Backup(folder, "k1"))
+    state = json.loads((folder / "state.json").read_text())
+    assert state["epoch"] == 2 and len(state["history"]["loss"]) == 2 and state["key"] == "k1"
+    assert (folder / "keras" / "latest.weights.h5").is_file() and (folder / state["early"]["file"]).is_file()
+
+    epochs = []
+    backup = Backup(folder, "k1")
+    assert backup.state["epoch"] == 2
+    model, history, info = fit(imgs, masks, imgs[:1], masks[:1], smoke_params, log=lambda m, e: epochs.append(e),
+                               backup=backup)
+    assert epochs == [2, 3]  # epochs 3 and 4 (0-based 2, 3): resumed at k + 1
+    assert info["epochs_run"] == 4 and len(history["loss"]) == len(history["val_loss"]) == 4
+    assert history["loss"][:2] == pytest.approx([m["loss"] for m in first])
+    assert history["learning_rate"] == pytest.approx(reference["learning_rate"])  # the schedule carried on
+    assert int(model.optimizer.iterations) == 4 * 2  # optimizer state restored, not restarted
+    assert 1 <= info["best_epoch"] <= 4 and not folder.exists()
+
+    with pytest.raises(Interrupted):
+        fit(imgs, masks, imgs[:1], masks[:1], smoke_params, log=killed_after_epoch_2, backup=Backup(folder, "k1"))
+    assert Backup(folder, "k2").state is None and not folder.exists()  # other settings: not resumed, removed
+
+
+def test_nan_loss_removes_the_backup(smoke_params, tmp_path):
+    from nanoseg.model.training import Backup
+
+    imgs, masks = _data()
+    with pytest.raises(NanosegError, match="NaN"):
+        fit([np.full_like(im, np.nan) for im in imgs], masks, None, None, smoke_params,
+            backup=Backup(tmp_path / "backup", "k"))
+    assert not (tmp_path / "backup").exists()

@@ -230,10 +230,11 @@ def test_tune_command_prunes_resumes_and_reports(project):
     env = {k: v for k, v in os.environ.items()
            if k not in ("MLFLOW_TRACKING_URI", "NANOSEG_PROFILE", "NANOSEG_OPTUNA_STORAGE")}
     env["NANOSEG_HOME"] = str(project)
-    exe = shutil.which("nanoseg", path=str(Path(sys.executable).parent)) or "nanoseg"
+    from nanoseg import processes
 
     def tune(*args):
-        return subprocess.run([exe, "tune", *args], cwd=project, capture_output=True, text=True, timeout=600, env=env)
+        return subprocess.run([processes.tool("nanoseg"), "tune", *args], cwd=project, capture_output=True, text=True,
+                              timeout=600, env=processes.child_env(base=env))
 
     first = tune("--trials", "1")
     assert first.returncode == 0, first.stderr[-4000:]

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from nanoseg import processes
 from nanoseg.errors import NanosegError, mask_secrets
-from nanoseg.processes import stop_process_group
 from nanoseg.serving.service import (
     CONCURRENT_ENV, DEFAULT_CONCURRENT, DEFAULT_MODEL, DEFAULT_TIMEOUT, DEFAULT_WORKERS, MODEL_ENV, TIMEOUT_ENV,
 )
@@ -76,10 +75,10 @@ def server_env(local: Path, args, uri: str) -> dict:
 
 def _run_forwarding_signals(cmd: list[str], env: dict) -> int:
     """Run the server in its own process group; Ctrl+C and SIGTERM stop all of it (uvicorn included)."""
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    proc = processes.start(cmd, env=env)
 
     def forward(signum, _frame):
-        os.killpg(proc.pid, signum)
+        processes.signal_all(proc, signum)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -87,4 +86,4 @@ def _run_forwarding_signals(cmd: list[str], env: dict) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        stop_process_group(proc)
+        processes.stop(proc)

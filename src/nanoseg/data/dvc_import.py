@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
+from nanoseg import processes
 from nanoseg.config import resolve
 from nanoseg.data.manifest import IMAGE_SUFFIXES
 from nanoseg.errors import NanosegError
 
 
 def _dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DVC_NO_ANALYTICS="1")
-    exe = Path(sys.executable).with_name("dvc")
-    cmd = [str(exe) if exe.exists() else "dvc", *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    return processes.run([processes.tool("dvc"), *args], env={"DVC_NO_ANALYTICS": "1"}, cwd=cwd,
+                         capture_output=True, text=True)
 
 
 def check_source(source: Path, params: dict) -> None:

@@ -369,17 +369,13 @@ def summarize_folds(per_fold):
         ``"<metric>_mean"`` and ``"<metric>_std"`` (``std`` is ``nan`` with
         fewer than two finite values).
     """
-    names = []
-    for fold in per_fold:
-        names += [k for k, v in fold.items() if k not in names and _is_number(v)]
-    out, flat = {}, {}
-    for name in names:
-        vals = np.array([f[name] for f in per_fold if _is_number(f.get(name))], dtype=float)
-        vals = vals[np.isfinite(vals)]
-        mean = float(vals.mean()) if len(vals) else float("nan")
-        std = float(vals.std(ddof=1)) if len(vals) > 1 else float("nan")
-        out[name] = {"mean": mean, "std": std}
-        flat[f"{name}_mean"], flat[f"{name}_std"] = mean, std
+    import pandas as pd
+
+    table = pd.DataFrame([{k: float(v) for k, v in fold.items() if _is_number(v)} for fold in per_fold])
+    stats = table.replace([np.inf, -np.inf], np.nan).agg(["mean", "std"])  # skips nan; std with ddof=1
+    out = {name: {"mean": float(stats.at["mean", name]), "std": float(stats.at["std", name])}
+           for name in table.columns}
+    flat = {f"{name}_{s}": v for name, ms in out.items() for s, v in ms.items()}
     return {**out, **flat}
 
 

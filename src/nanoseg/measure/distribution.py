@@ -25,6 +25,12 @@ def _clean(values):
     return values[np.isfinite(values) & (values > 0)]
 
 
+def _median_and_gsd(sample, axis=-1):
+    """The median and the GSD (``exp`` of the sample std of the logs) along ``axis``: the statistics
+    bootstrapped by :func:`size_distribution`."""
+    return np.stack([np.median(sample, axis=axis), np.exp(np.std(np.log(sample), axis=axis, ddof=1))])
+
+
 def size_distribution(values, n_boot=1000, seed=0, bins=30, unit="nm"):
     """Summarize a particle-size sample.
 
@@ -33,7 +39,8 @@ def size_distribution(values, n_boot=1000, seed=0, bins=30, unit="nm"):
     values : array_like
         Sizes (e.g. ECDs); non-finite and non-positive values are dropped.
     n_boot : int
-        Bootstrap resamples for the 95 % confidence intervals (percentile method).
+        Bootstrap resamples for the 95 % confidence intervals (:func:`scipy.stats.bootstrap`,
+        percentile method, in batches of at most 2 million values).
     seed : int
         Seed of the bootstrap.
     bins : int or sequence
@@ -62,17 +69,13 @@ def size_distribution(values, n_boot=1000, seed=0, bins=30, unit="nm"):
     out.update(median=np.median(x), mean=x.mean(), geometric_mean=np.exp(logs.mean()),
                gsd=np.exp(logs.std(ddof=1)), d10=np.percentile(x, 10), d90=np.percentile(x, 90),
                lognorm_median=scale, lognorm_gsd=np.exp(shape))
-    if n_boot > 0:
-        rng = np.random.default_rng(seed)
-        medians, gsds = [], []
-        chunk = max(1, 2_000_000 // x.size)
-        for start in range(0, n_boot, chunk):
-            idx = rng.integers(0, x.size, size=(min(chunk, n_boot - start), x.size))
-            medians.append(np.median(x[idx], axis=1))
-            gsds.append(np.exp(logs[idx].std(axis=1, ddof=1)))
-        ci = [2.5, 97.5]
-        out["median_ci_low"], out["median_ci_high"] = np.percentile(np.concatenate(medians), ci)
-        out["gsd_ci_low"], out["gsd_ci_high"] = np.percentile(np.concatenate(gsds), ci)
+    if n_boot > 0:  # percentile bootstrap of the median and the GSD, on the same resamples
+        res = stats.bootstrap((x,), _median_and_gsd, n_resamples=int(n_boot), batch=max(1, 2_000_000 // x.size),
+                              vectorized=True, method="percentile", confidence_level=0.95,
+                              rng=np.random.default_rng(seed))
+        low, high = res.confidence_interval
+        out["median_ci_low"], out["median_ci_high"] = low[0], high[0]
+        out["gsd_ci_low"], out["gsd_ci_high"] = low[1], high[1]
     counts, edges = np.histogram(x, bins=bins)
     out["hist_counts"], out["hist_edges"] = counts.tolist(), edges.tolist()
     return {k: float(v) if k in _STATS else v for k, v in out.items()}

@@ -35,20 +35,34 @@ def cosine_lr(lr0: float, progress: float, final_factor: float = 0.05) -> float:
 
 
 def _callbacks(keras, patience, max_minutes, log, epoch_offset=0, monitor="val_loss", label="training",
-               lr0=None, total_steps=None, final_factor=0.05):
+               lr0=None, total_steps=None, final_factor=0.05, steps_per_epoch=None, backup=None):
+    """The training callbacks. With ``backup`` (a :class:`Backup`), training resumes after its last
+    finished epoch: Keras' BackupAndRestore restores the weights, optimizer and epoch, and the state
+    of the callbacks here (wall time, steps, early stopping and its best weights, the curves so far)
+    comes back from the backup's own record."""
+    state = backup.state if backup is not None else None
+    elapsed0 = float(state["elapsed"]) if state else 0.0
+
+    class Clock:
+        """Training wall time, counting the time before an interruption."""
+        start = time.monotonic() - elapsed0
+
+        @classmethod
+        def minutes(cls) -> float:
+            return (time.monotonic() - cls.start) / 60.0
+
     class CosineSchedule(keras.callbacks.Callback):
         """Learning rate by training progress: the larger of steps done / planned steps and wall time /
         time budget, so a run stopped by its time budget has decayed to the end whatever the CPU's speed."""
 
         def __init__(self):
             super().__init__()
-            self.start = time.monotonic()
-            self.step = 0
+            self.step = int(state["epoch"]) * int(steps_per_epoch) if state and steps_per_epoch else 0
             self.lr = lr0
 
         def progress(self) -> float:
             by_steps = self.step / max(1, total_steps - 1) if total_steps else 0.0  # last step at the end value
-            by_time = (time.monotonic() - self.start) / (60.0 * max_minutes) if max_minutes else 0.0
+            by_time = Clock.minutes() / max_minutes if max_minutes else 0.0
             return max(by_steps, by_time)
 
         def on_train_batch_begin(self, batch, logs=None):
@@ -66,46 +80,135 @@ def _callbacks(keras, patience, max_minutes, log, epoch_offset=0, monitor="val_l
     class TimeBudget(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
-            self.start = time.monotonic()
             self.stopped_for_time = False
 
         def on_epoch_end(self, epoch, logs=None):
-            if max_minutes and (time.monotonic() - self.start) / 60.0 >= max_minutes:
+            if max_minutes and Clock.minutes() >= max_minutes:
                 self.stopped_for_time = True
                 self.model.stop_training = True
 
-    class NanGuard(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.nan_epoch = None
+    class EarlyStopping(keras.callbacks.EarlyStopping):
+        """Keras' EarlyStopping, its counters and best weights carried over an interruption."""
 
-        def on_train_batch_end(self, batch, logs=None):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(float(loss)):
-                self.nan_epoch = batch
-                self.model.stop_training = True
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            if state and state.get("early"):
+                early = state["early"]
+                self.wait, self.best_epoch = int(early["wait"]), int(early["best_epoch"])
+                self.best = None if early["best"] is None else float(early["best"])
+                self.best_weights = backup.best_weights()
+
+    class Record(keras.callbacks.Callback):
+        """The per-epoch curves, one value per training epoch (nan where a metric was not computed:
+        validation every ``val_every`` epochs), those before an interruption included; written to the
+        backup after each epoch, before BackupAndRestore saves the weights."""
+
+        def __init__(self, early):
+            super().__init__()
+            self.early = early
+            self.history = {k: list(v) for k, v in (state or {}).get("history", {}).items()}
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            for k in set(self.history) | set(logs):  # nan where a value is missing (validation every n epochs)
+                self.history.setdefault(k, [float("nan")] * epoch).append(float(logs.get(k, float("nan"))))
+            early = None
+            if self.early is not None and self.early.best_weights is not None:
+                early = {"wait": self.early.wait, "best_epoch": self.early.best_epoch,
+                         "best": None if self.early.best is None else float(self.early.best)}
+            if backup is not None:
+                backup.record(epoch + 1, Clock.minutes() * 60.0, self.history, early,
+                              self.early.best_weights if early else None)
 
     class Log(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.start = time.monotonic()
-
         def on_epoch_end(self, epoch, logs=None):
             logs = {k: float(v) for k, v in (logs or {}).items()}
             if log:
                 log(logs, epoch + epoch_offset)
             shown = ", ".join(f"{k} {v:.4f}" for k, v in logs.items() if k not in ("learning_rate", "progress"))
             shown += f", lr {logs['learning_rate']:.2e}" if "learning_rate" in logs else ""
-            print(f"  {label} epoch {epoch + 1}: {shown} ({(time.monotonic() - self.start) / 60:.1f} min)", flush=True)
+            print(f"  {label} epoch {epoch + 1}: {shown} ({Clock.minutes():.1f} min)", flush=True)
 
-    cbs = [TimeBudget(), NanGuard()]
+    budget = TimeBudget()
+    cbs = [budget, keras.callbacks.TerminateOnNaN()]
     if lr0 is not None:
         cbs.append(CosineSchedule())
-    cbs.append(Log())
+    early = None
     if patience:
-        cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=int(patience), restore_best_weights=True,
-                                                 mode="min", verbose=0))
-    return cbs
+        early = EarlyStopping(monitor=monitor, patience=int(patience), restore_best_weights=True, mode="min",
+                              verbose=0)
+        cbs.append(early)
+    record = Record(early)
+    cbs.append(record)  # after early stopping (its state is recorded), before the log (it may fail)
+    if backup is not None:
+        cbs.append(keras.callbacks.BackupAndRestore(str(backup.keras_dir)))
+    cbs.append(Log())
+    return cbs, budget, record
+
+
+class Backup:
+    """What a training run leaves to resume from after an interruption, in ``folder``.
+
+    ``folder/keras``: Keras' ``BackupAndRestore`` (weights, optimizer state, epoch, written after every
+    epoch); ``folder/state.json``: the rest (epochs done, training seconds, the curves so far, early
+    stopping's counters, ``key``: what the run trains) with early stopping's best weights
+    (``best_<epoch>.npz``). A record of another ``key`` (other settings, data or code), or one that does
+    not match Keras' backup (interrupted between the two writes), is discarded: training starts over.
+    ``fit`` removes the folder once training has ended (also on a NaN loss).
+    """
+
+    def __init__(self, folder, key: str = "", extra: dict | None = None):
+        self.folder = Path(folder)
+        self.keras_dir = self.folder / "keras"
+        self.key, self.extra = str(key), dict(extra or {})
+        self.state = self._load()
+
+    def _load(self) -> dict | None:
+        import json
+
+        f = self.folder / "state.json"
+        try:
+            state = json.loads(f.read_text())
+            keras_epoch = json.loads((self.keras_dir / "training_metadata.json").read_text())["epoch"]
+            ok = (state.get("key") == self.key and int(state["epoch"]) == int(keras_epoch) > 0
+                  and (state.get("early") is None or (self.folder / state["early"]["file"]).is_file()))
+        except (OSError, ValueError, KeyError, TypeError):
+            ok = False
+        if ok:
+            return state
+        self.remove()
+        return None
+
+    def best_weights(self) -> list | None:
+        if not self.state or not self.state.get("early"):
+            return None
+        with np.load(self.folder / self.state["early"]["file"]) as z:
+            return [z[f"arr_{i}"] for i in range(len(z.files))]
+
+    def record(self, epoch: int, seconds: float, history: dict, early: dict | None, best_weights) -> None:
+        from nanoseg.atomic import write_json
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        old = {p.name for p in self.folder.glob("best_*.npz")}
+        if early is not None:
+            early["file"] = f"best_{early['best_epoch'] + 1}.npz"
+            if early["file"] not in old:
+                write_with(self.folder / early["file"], lambda tmp: np.savez(tmp, *best_weights))
+        write_json(self.folder / "state.json", {"key": self.key, **self.extra, "epoch": int(epoch),
+                                                "elapsed": float(seconds), "history": history, "early": early})
+        for name in old - {early["file"] if early else None}:
+            (self.folder / name).unlink(missing_ok=True)
+
+    def remove(self) -> None:
+        """Delete the backup (training has ended)."""
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def discard(self) -> None:
+        """Delete the backup and forget its state: the next ``fit`` starts over."""
+        self.remove()
+        self.state = None
 
 
 def build_compiled(params: dict):
@@ -144,7 +247,7 @@ def build_compiled(params: dict):
 
 
 def fit(train_images, train_masks, val_images, val_masks, params: dict, log=None, epochs: int | None = None,
-        max_minutes: float | None = None, label: str = "fold"):
+        max_minutes: float | None = None, label: str = "fold", backup: Backup | None = None):
     """Train one model.
 
     Parameters
@@ -160,6 +263,12 @@ def fit(train_images, train_masks, val_images, val_masks, params: dict, log=None
         Receives per-epoch metrics (loss, dice_coefficient, val_loss, ...).
     epochs, max_minutes : optional
         Override ``train.epochs`` and the time budget.
+    backup : Backup, optional
+        Where training is backed up after every epoch: a run interrupted after epoch k (killed,
+        Ctrl+C, power cut) resumes at epoch k + 1 when ``fit`` is called again with the same backup
+        folder and key (weights, optimizer, learning-rate schedule, time budget, early stopping and
+        the curves so far carried over; the random crops start a new sequence). Removed when
+        training ends.
 
     Returns
     -------
@@ -199,23 +308,22 @@ def fit(train_images, train_masks, val_images, val_masks, params: dict, log=None
     if not 0 < final_factor <= 0.1:
         raise NanosegError(f"train.lr_final_factor = {final_factor}: the learning rate must decay to at most 1/10 "
                            "of train.lr by the end of training; use a value in (0, 0.1] in params.yaml.")
-    cbs = _callbacks(keras, t.get("patience") if val is not None else None, max_minutes, log,
-                     monitor="val_loss", label=label, lr0=float(t["lr"]), total_steps=n_epochs * int(steps),
-                     final_factor=final_factor)
+    cbs, budget, record = _callbacks(keras, t.get("patience") if val is not None else None, max_minutes, log,
+                                     monitor="val_loss", label=label, lr0=float(t["lr"]),
+                                     total_steps=n_epochs * int(steps), final_factor=final_factor,
+                                     steps_per_epoch=int(steps), backup=backup)
     start = time.monotonic()
-    hist = model.fit(ds, epochs=n_epochs, steps_per_epoch=int(steps), validation_data=val,
-                     validation_freq=val_every, callbacks=cbs, verbose=0, shuffle=False)  # tf.data shuffles
+    if backup is not None and backup.state:
+        print(f"  {label}: resuming after epoch {backup.state['epoch']} (interrupted run, backup "
+              f"{backup.folder})", flush=True)
+        start -= float(backup.state["elapsed"])
+    model.fit(ds, epochs=n_epochs, steps_per_epoch=int(steps), validation_data=val,
+              validation_freq=val_every, callbacks=cbs, verbose=0, shuffle=False)  # tf.data shuffles
     seconds = time.monotonic() - start
-    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-    n_run = len(history.get("loss", []))
-    for k, vals in history.items():  # validation every val_every epochs: align to the training epochs (nan between)
-        if k.startswith("val_") and len(vals) < n_run:
-            aligned = [float("nan")] * n_run
-            for i, v in enumerate(vals):
-                aligned[min(n_run, (i + 1) * val_every) - 1] = v
-            history[k] = aligned
-    nan_guard = cbs[1]
-    if nan_guard.nan_epoch is not None or any(not math.isfinite(v) for v in history.get("loss", [])):
+    if backup is not None:  # training has ended (the epochs, the budget, early stopping or a NaN loss)
+        backup.remove()
+    history = record.history  # one value per training epoch, nan where validation did not run
+    if any(not math.isfinite(v) for v in history.get("loss", [])):  # TerminateOnNaN stopped it
         raise NanosegError(
             f"{label}: the training loss became NaN; training stopped. Lower train.lr (now {t['lr']}) or set "
             "train.mixed_bf16: false in params.yaml, then run again."
@@ -223,7 +331,7 @@ def fit(train_images, train_masks, val_images, val_masks, params: dict, log=None
     epochs_run = len(history.get("loss", []))
     best_epoch = best_epoch_of(history.get("val_loss"), epochs_run)
     return model, history, {"best_epoch": best_epoch, "epochs_run": epochs_run,
-                            "seconds": round(seconds, 1), "stopped_for_time": cbs[0].stopped_for_time,
+                            "seconds": round(seconds, 1), "stopped_for_time": budget.stopped_for_time,
                             "steps_per_epoch": int(steps), "steps_done": epochs_run * int(steps),
                             "lr_final": history.get("learning_rate", [float(t["lr"])])[-1],
                             "restored_best": val is not None and bool(t.get("patience")), "cpu": cpu_model()}

@@ -123,18 +123,26 @@ def run_fold(k: int, fold: dict, manifest, params: dict, fold_dir: Path, key: st
     from nanoseg.model.network import save_model
     from nanoseg.report.plots import learning_curves
     from nanoseg.machine import cpu_model
-    from nanoseg.model.training import fit, save_history_csv
+    from nanoseg.model.training import Backup, fit, save_history_csv
 
     root = params["_root"]
     tr_img, tr_mask = load_rows(manifest, fold["train"], root)
     va_img, va_mask = load_rows(manifest, fold["val"], root)
     fold_dir.mkdir(parents=True, exist_ok=True)
+    # an interrupted fold resumes after its last finished epoch, in its own MLflow run (same resume key)
+    backup = Backup(fold_dir / "backup", key=key)
+    resumed = (backup.state or {}).get("run_id")
+    if backup.state and tracking.run_status(resumed) is None:  # its MLflow run is gone: start over
+        backup.discard()
+        resumed = None
     tags = {"stage": "cv", "fold": str(k), **variant_tags(params), "profile": params["profile"], "cpu": cpu_model()}
-    with tracking.start_run(f"fold-{k}", nested=True, tags=tags,
-                            params={"fold": k, "variant": params["model"]["variant"], "n_train": len(tr_img),
-                                    "n_val": len(va_img), **variant_params(params)}) as run:
+    with tracking.start_run(f"fold-{k}", nested=True, tags=tags, run_id=resumed,
+                            params=None if resumed else {"fold": k, "variant": params["model"]["variant"],
+                                                         "n_train": len(tr_img), "n_val": len(va_img),
+                                                         **variant_params(params)}) as run:
+        backup.extra["run_id"] = run.info.run_id
         model, history, info = fit(tr_img, tr_mask, va_img, va_mask, params, log=tracking.log_metrics,
-                                   label=f"fold {k}")
+                                   label=f"fold {k}", backup=backup)
         probs = predict_images(model, va_img, params)
         metrics = pixel_metrics(va_mask, [foreground_probability(p) for p in probs], threshold=0.5)
         tracking.log_metrics({f"val_{m}_at_0.5": v for m, v in metrics.items()})
