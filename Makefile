@@ -1,7 +1,7 @@
 # nanoseg: two commands for a fresh machine.
 #   make run    create .venv, install the pinned stack, import the dataset (DVC), run `dvc repro`
 #   make test   create .venv, install, run the test suite
-# Other targets: install, data, ui, tune, serve, screenshot, s3-up, s3-down, bench, clean-venv.
+# Other targets: install, java, data, ui, tune, serve, screenshot, s3-up, s3-down, bench, clean-venv.
 # The Docker image runs the same targets (Dockerfile): `make install` at build time, `make run` / `make serve`.
 
 SHELL := /bin/bash
@@ -29,7 +29,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: run test install data ui tune serve screenshot s3-up s3-down bench clean-venv
+.PHONY: run test install java data ui tune serve screenshot s3-up s3-down bench clean-venv
 
 install: $(STAMP)
 
@@ -42,6 +42,17 @@ $(STAMP):
 	rm -f $(VENV)/.installed $(VENV)/.installed-*
 	touch $@
 
+# `nanoseg batch` runs on Spark (pyspark), which needs a Java runtime 17+: Debian's, installed when missing (as root)
+java:
+	@command -v java >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make java: installing Debian's openjdk-17-jre-headless"; \
+	    apt-get update -qq && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      openjdk-17-jre-headless || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      default-jre-headless; }; \
+	  else echo "make java: no java: install a Java runtime 17+ (apt-get install openjdk-17-jre-headless) for" \
+	    "nanoseg batch and its tests" >&2; fi; }
+
 data: install
 	nanoseg data
 
@@ -51,7 +62,7 @@ run: data
 # NANOSEG_NO_SKIP=1: a skipped test fails the run unless tests/conftest.py ALLOWED_SKIPS names its reason
 # (Chromium / PostgreSQL missing, checks of the real ../shared files); `make test NANOSEG_NO_SKIP=0` lifts it.
 NANOSEG_NO_SKIP ?= 1
-test: install
+test: install java
 	@set +e; NANOSEG_NO_SKIP=$(NANOSEG_NO_SKIP) python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected NO tests - failing on purpose" >&2; exit 1; fi; \
 	exit $$rc

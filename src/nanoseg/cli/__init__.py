@@ -2,7 +2,7 @@
 
 Each sub-command is a thin wrapper: it parses arguments and calls the ``*_command``
 function of its own module in this package (``nanoseg.cli.info``, ``.data``, ``.predict``,
-``.tune``, ``.serve``, ``.app``, ``.request``; the pipeline stages' ``command`` in
+``.batch``, ``.tune``, ``.serve``, ``.app``, ``.request``; the pipeline stages' ``command`` in
 ``nanoseg.pipeline.stages``), imported lazily, so ``nanoseg info`` does not pay for
 importing TensorFlow.
 """
@@ -74,6 +74,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roi", action="store_true",
                    help="also write <stem>_rois.zip, a Fiji ROI set with one polygon per particle")
     p.set_defaults(func=_call("nanoseg.cli.predict:predict_command"))
+
+    p = sub.add_parser("batch", help="segment and measure many micrographs on Spark: particles.parquet, "
+                       "images.parquet, summary.json, psd.png (a rerun adds only the new files)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="folders, files, quoted globs or s3://bucket/prefix")
+    p.add_argument("--out", required=True, help="results folder (created; running again adds the files not done)")
+    p.add_argument("--model", help="model URI or saved model folder (default models:/nanoseg@champion)")
+    p.add_argument("--master", help="Spark master: local[*] (default), local[N], spark://HOST:PORT or yarn")
+    p.add_argument("--partitions", type=int, help="Spark partitions, each committed when finished (default: "
+                   "4 images each, at least one per core)")
+    p.add_argument("--conf", action="append", metavar="KEY=VALUE", help="a Spark setting, e.g. "
+                   "spark.executor.memory=6g (repeatable)")
+    p.add_argument("--recursive", action="store_true", help="folders: also the images in their sub-folders")
+    p.add_argument("--masks", action="store_true", help="also keep each image's mask (DIR/masks/)")
+    p.add_argument("--labels", action="store_true", help="also keep each image's instance labels (DIR/labels/)")
+    p.add_argument("--retry-errors", action="store_true", help="analyse the files of error rows again")
+    p.add_argument("--overwrite", action="store_true", help="start the folder again when it holds another "
+                   "model's results (only a folder nanoseg batch wrote)")
+    p.set_defaults(func=_call("nanoseg.cli.batch:batch_command"))
 
     p = sub.add_parser("tune", help="Optuna search over learning rate and batch size (trials as MLflow runs)")
     p.add_argument("--trials", type=int, help="study size: run until it has this many finished trials "
