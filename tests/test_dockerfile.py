@@ -131,6 +131,9 @@ def test_docs_publish_the_server_on_loopback_only():
 
 
 def _make(*args, cwd, env):
+    """``make`` as a user's shell runs it: not a sub-make of the ``make test`` that may be running this test
+    (which would prefix its messages with ``make[1]:`` and hand it the parent's flags)."""
+    env = {k: v for k, v in env.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES")}
     return subprocess.run(["make", "--no-print-directory", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=120)
 
