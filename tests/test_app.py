@@ -219,7 +219,7 @@ def test_bad_uploads_get_the_cli_messages(app, images, model_folder, tmp_path, m
 
 
 def test_limits_as_in_serving(app, images):
-    from nanoseg.serving.service import MAX_IMAGE_BYTES, MAX_IMAGES, MAX_PIXELS
+    from nanoseg.serving.payload import MAX_IMAGE_BYTES, MAX_IMAGES, MAX_PIXELS
 
     ws = app.ws
     assert (ws.max_images, ws.max_bytes, ws.max_pixels) == (MAX_IMAGES, MAX_IMAGE_BYTES, MAX_PIXELS)

@@ -243,7 +243,7 @@ def test_publish_gate_end_to_end(project, capsys):
 def test_champion_loads_as_pyfunc_and_refuses_bad_input(project, capsys):
     import mlflow
 
-    from nanoseg.serving.service import input_example
+    from nanoseg.serving.payload import input_example
 
     save_tiny_model(project / "models/final")  # a candidate that holds its CV estimate: the first champion
     scores = score_only(project / "models/final")

@@ -17,7 +17,7 @@ from skimage.measure import label
 from nanoseg.model.network import save_model
 from nanoseg.cli.predict import predict_command
 from nanoseg.io.rois import outline, particle_outlines, polygon_area, write_rois
-from nanoseg.serving.service import example_image
+from nanoseg.serving.payload import example_image
 
 
 def pixels_inside(poly: np.ndarray, shape) -> np.ndarray:

@@ -37,7 +37,7 @@ LEGACY_PICKLE = (b"\x80\x05\x95)\x00\x00\x00\x00\x00\x00\x00\x8c\x10nanoseg.trac
 def store(tmp_path_factory):
     """A tmp MLflow store holding a tiny untrained model registered as nanoseg@champion."""
     from nanoseg import tracking
-    from nanoseg.serving.service import input_example
+    from nanoseg.serving.payload import input_example
 
     root = tmp_path_factory.mktemp("serving")
     uri = f"sqlite:///{root / 'mlruns/mlflow.db'}"
@@ -78,7 +78,7 @@ def test_answers_match_nanoseg_predict(server, store, images, tmp_path):
     import tifffile
     from PIL import Image
 
-    from nanoseg.serving.service import decode_labels, decode_mask, make_request
+    from nanoseg.serving.payload import decode_labels, decode_mask, make_request
 
     status, reply = post(server.url, json.dumps(make_request(images)).encode())
     assert status == 200, reply
@@ -247,7 +247,7 @@ def test_models_from_code_and_pickled_versions_load(store, monkeypatch, tmp_path
     MLflow, and `nanoseg serve` serves its weights through this nanoseg's code without unpickling it."""
     import mlflow
 
-    from nanoseg.serving.service import input_example
+    from nanoseg.serving.payload import input_example
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
     mlflow.set_tracking_uri(store["uri"])
@@ -306,7 +306,7 @@ def test_versions_registered_before_the_subpackages_load_and_serve(store, monkey
     import mlflow
 
     from nanoseg import tracking
-    from nanoseg.serving.service import input_example
+    from nanoseg.serving.payload import input_example
 
     assert hashlib.sha256(PRE_MOVE_SERVED_MODEL.encode()).hexdigest() in pyfunc.LEGACY_MODEL_CODE
     code = tmp_path / "served_model.py"
@@ -497,7 +497,7 @@ def test_image_size_reads_the_real_layout():
     """A planar RGB TIFF page (3 x H x W) is H x W, not 3 x H; a PNG bomb's size comes from its header."""
     import tifffile
 
-    from nanoseg.serving.service import RequestError, image_size, read_upload
+    from nanoseg.serving.payload import RequestError, image_size, read_upload
     from tests.test_layout import png_header
 
     buf = io.BytesIO()

@@ -16,9 +16,9 @@ server runs on them), so the app adds only ``python-multipart`` for uploads. The
 HTML file with plain JavaScript and CSS (``nanoseg/app/static``): no framework, no build step, nothing
 fetched from elsewhere.
 
-Limits are those of the served model (:mod:`nanoseg.serving.service`): at most :data:`~nanoseg.serving.service.MAX_IMAGES`
-images on the page, :data:`~nanoseg.serving.service.MAX_IMAGE_BYTES` per file and
-:data:`~nanoseg.serving.service.MAX_PIXELS` pixels per image. Bad uploads are answered HTTP 400 with the
+Limits are those of the served model (:mod:`nanoseg.serving.payload`): at most :data:`~nanoseg.serving.payload.MAX_IMAGES`
+images on the page, :data:`~nanoseg.serving.payload.MAX_IMAGE_BYTES` per file and
+:data:`~nanoseg.serving.payload.MAX_PIXELS` pixels per image. Bad uploads are answered HTTP 400 with the
 one-line message the command line prints for the same file (:class:`~nanoseg.errors.NanosegError`),
 naming the uploaded file.
 
@@ -59,7 +59,8 @@ from nanoseg.errors import NanosegError
 from nanoseg.report.results import jsonable, particles_frame, plot_run_psd, run_summary
 from nanoseg.serving.payload import check_image
 from nanoseg.serving.payload import safe_name as _safe_name
-from nanoseg.serving.service import DEFAULT_MODEL, MAX_IMAGE_BYTES, MAX_IMAGES, MAX_PIXELS, RequestError, answer
+from nanoseg.serving.payload import MAX_IMAGE_BYTES, MAX_IMAGES, MAX_PIXELS, RequestError, answer
+from nanoseg.serving.service import DEFAULT_MODEL
 
 STATIC = Path(__file__).with_name("static")
 DEFAULT_PORT = 5002
@@ -264,7 +265,7 @@ class Workspace:
     # ------------------------------------------------------------------ answers
 
     def result(self, image: PageImage) -> dict:
-        """What the page shows of an image: the served answer (:func:`nanoseg.serving.service.answer`) plus its
+        """What the page shows of an image: the served answer (:func:`nanoseg.serving.payload.answer`) plus its
         id, outlines, notes, pixel-size override and file names."""
         res = answer(image.info, image.table, self.settings["threshold"])
         files = sorted(p.name for p in image.out.iterdir() if p.name != "view.png")

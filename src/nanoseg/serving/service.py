@@ -2,7 +2,7 @@
 :class:`nanoseg.serving.pyfunc.NanosegPyfunc` wraps), thread-safe, with a limit on concurrent requests,
 and the server's defaults.
 
-The request and answer formats are :mod:`nanoseg.serving.payload`'s (re-exported here); the HTTP server is
+The request and answer formats are :mod:`nanoseg.serving.payload`'s; the HTTP server is
 :mod:`nanoseg.serving.server` (started by ``nanoseg serve``, :mod:`nanoseg.cli.serve`), the client
 :mod:`nanoseg.serving.client`. This module imports no MLflow.
 """
@@ -13,10 +13,8 @@ import os
 import threading
 
 from nanoseg.errors import NanosegError
-from nanoseg.serving.payload import (  # noqa: F401 - the request codec, re-exported for clients and older imports
-    MAX_IMAGE_BYTES, MAX_IMAGES, MAX_PIXELS, PARAMS, SUMMARY_FIELDS, RequestError, ServerBusy, answer,
-    b64encode_file, databar_row, decode_image, decode_labels, decode_mask, example_image, image_size,
-    input_example, make_request, pixel_size, read_upload, records, summarize,
+from nanoseg.serving.payload import (
+    MAX_PIXELS, PARAMS, RequestError, ServerBusy, answer, databar_row, pixel_size, read_upload, records,
 )
 
 DEFAULT_MODEL = "models:/nanoseg@champion"
