@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
 
 from nanoseg.errors import NanosegError
@@ -31,11 +30,11 @@ from nanoseg.errors import NanosegError
 # Numbers keep the type written in the file (8 stays 8, 8.0 stays 8.0), so the settings logged to MLflow
 # and hashed into the cross-validation key are what params.yaml says.
 Number = int | float
-Positive = Annotated[int, Gt(0)] | Annotated[float, Gt(0)]
-NonNegative = Annotated[int, Ge(0)] | Annotated[float, Ge(0)]
-Fraction = Annotated[int, Ge(0), Le(1)] | Annotated[float, Ge(0), Le(1)]
-PositiveInt = Annotated[int, Gt(0)]
-NonNegativeInt = Annotated[int, Ge(0)]
+Positive = Annotated[int, Field(gt=0)] | Annotated[float, Field(gt=0)]
+NonNegative = Annotated[int, Field(ge=0)] | Annotated[float, Field(ge=0)]
+Fraction = Annotated[int, Field(ge=0, le=1)] | Annotated[float, Field(ge=0, le=1)]
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
 Range = Annotated[list[Number], Field(min_length=2, max_length=2)]
 
 
@@ -77,8 +76,8 @@ class PrepareSettings(Section):
     """``prepare:`` the test split and the cross-validation folds."""
 
     seed: int = 42
-    test_fraction: Annotated[int, Ge(0), Lt(1)] | Annotated[float, Ge(0), Lt(1)] = 0.15
-    folds: Annotated[int, Ge(2)] = 5
+    test_fraction: Annotated[int, Field(ge=0, lt=1)] | Annotated[float, Field(ge=0, lt=1)] = 0.15
+    folds: Annotated[int, Field(ge=2)] = 5
 
 
 class ValidateSettings(Section):
@@ -125,7 +124,7 @@ class TrainSettings(Section):
     freeze_encoder: bool = True
     seed: int = 7
     augment: AugmentSettings = Field(default_factory=AugmentSettings)
-    lr_final_factor: Annotated[float, Gt(0), Le(0.1)] = 0.05
+    lr_final_factor: Annotated[float, Field(gt=0, le=0.1)] = 0.05
     max_minutes_per_fold: Positive | None = 8
     final_max_minutes: Positive | None = 12
     candidate: Literal["ensemble", "best_fold", "final"] = "ensemble"
@@ -137,7 +136,7 @@ class InstanceSettings(Section):
 
     head: Literal["classes3", "fg_distance"] = "classes3"
     loss: Literal["wcce_dice", "border_wcce_dice"] = "wcce_dice"
-    class_weights: Annotated[list[Annotated[float, Ge(0)]], Field(min_length=3, max_length=3)] = [1.0, 1.0, 5.0]
+    class_weights: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=3, max_length=3)] = [1.0, 1.0, 5.0]
     border_w0: NonNegative = 10.0
     border_sigma: Positive = 5.0
     distance_weight: NonNegative = 1.0
@@ -385,15 +384,15 @@ def problems(exc: ValidationError, data: dict, schema: type[BaseModel], prefix=N
             text, action = "is missing", "add it"
         else:
             text, action = _describe(err), None
-        entry = by_path.setdefault(tuple(path), {"value": value, "texts": [], "action": action,
+        entry = by_path.setdefault(tuple(path), {"value": value, "texts": {}, "action": action,
                                                  "prefix": shown_prefix})
-        if text not in entry["texts"]:
-            entry["texts"].append(text)
+        member = str(err["loc"][len(path)]) if len(err["loc"]) > len(path) else ""  # union member, e.g. "int"
+        entry["texts"].setdefault(text, member)
     lines = []
     for path, entry in by_path.items():
-        texts = entry["texts"]
-        if "must be a number" in texts and "must be an integer" in texts:
-            texts.remove("must be an integer")
+        texts = list(entry["texts"])
+        if any("float" in m for m in entry["texts"].values()):  # a number: what the integer member says is moot
+            texts = [t for t, m in entry["texts"].items() if "int" not in m] or texts
         what = " or ".join([texts[0]] + [t.removeprefix("must be ") for t in texts[1:]])
         key = _dotted([*entry["prefix"], *path]) or "the file"
         if entry["action"]:
