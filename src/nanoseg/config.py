@@ -267,6 +267,8 @@ class Chosen(Section):
     """Post-processing chosen on the CV validation folds (not params.yaml settings): every trained model carries
     its own; these are what a model that carries none, or a library call given none, uses."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     split: bool = False
     min_distance_px: PositiveInt = 5
     marker_threshold: Fraction = 0.5
@@ -275,14 +277,6 @@ class Chosen(Section):
 
 #: The defaults of the values a model carries from its cross-validation (see :class:`Chosen`).
 CHOSEN = Chosen()
-
-#: params.yaml sections and their models.
-SECTIONS: dict[str, type[Section]] = {
-    "data": DataSettings, "prepare": PrepareSettings, "validate": ValidateSettings, "model": ModelSettings,
-    "train": TrainSettings, "instance": InstanceSettings, "predict": PredictSettings,
-    "postprocess": PostprocessSettings, "tune": TuneSettings, "publish": PublishSettings,
-}
-
 
 def defaults() -> Params:
     """The settings an empty params.yaml gives: the shipped values (``defaults().predict.tile``)."""
