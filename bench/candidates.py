@@ -51,7 +51,7 @@ def main() -> int:
     cv = json.loads(resolve(params, "metrics/cv.json").read_text())
     check_cv(params, cv, "metrics/cv.json", manifest, split)
     test = load_test(params, manifest, split)
-    batch = int(params["predict"].get("batch", 4))
+    batch = int(params["predict"]["batch"])
     results = {}
     with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
         tmp = Path(tmp)

@@ -1,4 +1,4 @@
-"""Dice loss, Dice coefficient and BCE + Dice on known tensors."""
+"""Dice loss, Dice coefficient and the instance losses on known tensors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from nanoseg.errors import NanosegError
-from nanoseg.model.losses import bce_dice_loss, bce_loss, dice_coefficient, dice_loss, get_loss
+from nanoseg.model.losses import dice_coefficient, dice_loss
 
 
 def f(x):
@@ -37,21 +37,8 @@ def test_dice_is_over_the_whole_batch():
 def test_bfloat16_inputs_give_float32():
     t = keras.ops.cast(np.array([[1.0, 0.0, 1.0]]), "bfloat16")
     p = keras.ops.cast(np.array([[0.9, 0.1, 0.8]]), "bfloat16")
-    for fn in (dice_loss, dice_coefficient, bce_dice_loss, bce_loss):
+    for fn in (dice_loss, dice_coefficient):
         assert keras.backend.standardize_dtype(fn(t, p).dtype) == "float32"
-
-
-def test_bce_dice_is_sum():
-    t = np.array([[1.0, 0.0]], np.float32)
-    p = np.array([[0.8, 0.3]], np.float32)
-    bce = -(np.log(0.8) + np.log(0.7)) / 2
-    assert f(bce_dice_loss(t, p)) == pytest.approx(bce + f(dice_loss(t, p)), rel=1e-5)
-
-
-def test_get_loss():
-    assert get_loss("dice") is dice_loss
-    with pytest.raises(NanosegError, match="train.loss"):
-        get_loss("focal")
 
 
 # ----------------------------------------------------------------------------- instance variant

@@ -275,7 +275,7 @@ def test_publish_refuses_missing_inputs_and_registers_nothing(project, tmp_path)
     with pytest.raises(NanosegError, match="publish.rank_by = 'nope' is not a test metric"):
         publish(params)
     params["publish"] = {"rank_by": "dice", "tolerence_min": 0.1}
-    with pytest.raises(NanosegError, match=r"unknown setting\(s\) \['tolerence_min'\]"):
+    with pytest.raises(NanosegError, match=r"publish.tolerence_min is not a setting \(did you mean publish.tolerance_min\?\)"):
         publish(params)
     params["publish"] = {}
     params["_root"] = str(tmp_path)

@@ -34,7 +34,8 @@ def test_storage_url_resolves_under_the_store_root(tmp_path, monkeypatch):
 def test_settings_errors_are_clear():
     with pytest.raises(NanosegError, match="tune.pruner.name"):
         tuning.make_pruner({"name": "nope"})
-    with pytest.raises(NanosegError, match="no setting of any Optuna pruner"):
+    with pytest.raises(NanosegError, match=r"tune.pruner.n_startup_trial is not a setting \(did you mean "
+                                           r"tune.pruner.n_startup_trials\?\)"):
         tuning.make_pruner({"name": "threshold", "lower": 0.1, "n_startup_trial": 2})
     pruner = tuning.make_pruner({"name": "threshold", "lower": 0.1, "n_startup_trials": 2})  # a median setting
     assert type(pruner).__name__ == "ThresholdPruner"

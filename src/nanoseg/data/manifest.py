@@ -104,9 +104,9 @@ def describe_sample(sample: Sample, params: dict) -> dict:
     from nanoseg.io.micrograph import read_image_array, read_micrograph
 
     d = params["data"]
-    databar = None if d.get("databar_row") in (None, "auto") else int(d["databar_row"])
-    mg = read_micrograph(sample.image, pixel_size=d.get("pixel_size_nm"), databar_row=databar)
-    crop = mg.crop_rows(int(d.get("crop_multiple", 32)))
+    databar = None if d["databar_row"] in (None, "auto") else int(d["databar_row"])
+    mg = read_micrograph(sample.image, pixel_size=d["pixel_size_nm"], databar_row=databar)
+    crop = mg.crop_rows(int(d["crop_multiple"]))
     root = Path(params["_root"])
 
     def rel(p):

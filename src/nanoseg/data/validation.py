@@ -51,7 +51,7 @@ def build_suite(params: dict):
     px_lo, px_hi = v["pixel_size_nm"]
     suite = gx.ExpectationSuite(name="nanoseg_manifest")
     for exp in [
-        E.ExpectTableRowCountToBeBetween(min_value=int(v.get("min_images", 1))),
+        E.ExpectTableRowCountToBeBetween(min_value=int(v["min_images"])),
         E.ExpectColumnValuesToBeUnique(column="stem"),
         E.ExpectColumnValuesToBeUnique(column="image_sha256"),
         E.ExpectColumnValuesToBeInSet(column="mask_present", value_set=[True]),

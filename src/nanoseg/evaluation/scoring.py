@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from nanoseg.config import CHOSEN
 from nanoseg.evaluation.error_analysis import error_summary
 from nanoseg.evaluation.metrics import instance_metrics, pixel_metrics
 from nanoseg.postprocess.decode import DEFAULT_POST, baseline_instances, foreground_probability, min_area_px
@@ -93,7 +94,7 @@ def score(truths, probs, labels_list, pixel_size_nm=None, class_masks=None, thre
     return out
 
 
-def baselines(images, truths, pixel_size_nm=None, class_masks=None, min_distance_px=5) -> dict:
+def baselines(images, truths, pixel_size_nm=None, class_masks=None, min_distance_px=CHOSEN.min_distance_px) -> dict:
     """Scores of the classical baselines through the same code: ``otsu`` and ``otsu_watershed``.
     ``pixel_size_nm``: one value, one per image, or None."""
     pxs = list(pixel_size_nm) if isinstance(pixel_size_nm, (list, tuple)) else [pixel_size_nm] * len(images)

@@ -11,6 +11,7 @@ import itertools
 
 import numpy as np
 
+from nanoseg.config import CHOSEN, InstanceSettings, PostprocessSettings, PredictSettings
 from nanoseg.errors import NanosegError
 from nanoseg.evaluation.metrics import instance_metrics
 from nanoseg.io.masks import binarize
@@ -18,12 +19,17 @@ from nanoseg.postprocess.decode import (DECODERS, clean_mask, foreground_probabi
                                         remove_small_instances, watershed_markers)
 
 
-#: Default search grid for :func:`tune_split_params`.
-SPLIT_GRID = {"split": [False, True], "min_distance_px": [3, 5, 7, 9, 12, 15]}
+#: Default search grid for :func:`tune_split_params` (``postprocess.min_distance_grid`` of params.yaml).
+SPLIT_GRID = {"split": [False, True], "min_distance_px": PostprocessSettings().min_distance_grid}
 
 
-#: Default search grid for :func:`tune_instance_params`.
-INSTANCE_GRID = {"marker_threshold": [0.3, 0.4, 0.5, 0.6, 0.7], "min_marker_px": [0, 5, 15]}
+#: Default search grid for :func:`tune_instance_params` (``instance.marker_grid``, ``instance.min_marker_grid``).
+INSTANCE_GRID = {"marker_threshold": InstanceSettings().marker_grid,
+                 "min_marker_px": InstanceSettings().min_marker_grid}
+
+#: Values of the keys a grid leaves out.
+_FIXED = {"threshold": PredictSettings().threshold, "opening_radius": PostprocessSettings().opening_radius,
+          "min_area_px": 0}
 
 
 def _grid_search_inputs(name, what, inputs, gt_labels_list, grid, defaults):
@@ -80,8 +86,7 @@ def tune_split_params(masks, gt_labels_list, grid=None):
         The best value of every key in the grid, ``f1_50`` (its score) and
         ``scores`` (a list of ``{**params, "f1_50": f1}`` for every candidate).
     """
-    defaults = {"threshold": 0.5, "opening_radius": 1, "min_area_px": 0, "split": True,
-                "min_distance_px": 5, "compactness": 0.0}
+    defaults = {**_FIXED, "split": True, "min_distance_px": CHOSEN.min_distance_px, "compactness": 0.0}
     masks, gts, grid = _grid_search_inputs("tune_split_params", "masks", masks, gt_labels_list,
                                            SPLIT_GRID if grid is None else grid, defaults)
     keys = list(grid)
@@ -130,8 +135,7 @@ def tune_instance_params(probs, gt_labels_list, grid=None, decoder=None):
     dict
         The best value of every grid key, ``f1_50`` and ``scores`` (every candidate).
     """
-    defaults = {"threshold": 0.5, "opening_radius": 1, "min_area_px": 0, "marker_threshold": 0.5,
-                "min_marker_px": 0}
+    defaults = {**_FIXED, "marker_threshold": CHOSEN.marker_threshold, "min_marker_px": CHOSEN.min_marker_px}
     probs, gts, grid = _grid_search_inputs("tune_instance_params", "probability maps", probs, gt_labels_list,
                                            INSTANCE_GRID if grid is None else grid, defaults)
     for pr in probs:

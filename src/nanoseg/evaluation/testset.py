@@ -79,14 +79,13 @@ def split_fingerprint(split: dict) -> str:
 
 
 def score_champion(params: dict, test: HeldOut, batch=None) -> dict | None:
-    """The current champion (``publish.alias`` of ``publish.name`` in the MLflow registry), downloaded and
+    """The current champion (``@champion`` of the registered model ``nanoseg`` in MLflow), downloaded and
     scored on ``test`` like any candidate: its version, tags and scores (None when there is no champion)."""
     import tempfile
 
     from nanoseg import tracking
 
-    pub = params.get("publish") or {}
-    name, alias = pub.get("name", tracking.REGISTERED_MODEL), pub.get("alias", tracking.CHAMPION)
+    name, alias = tracking.REGISTERED_MODEL, tracking.CHAMPION
     tracking.setup(params=params)
     current = tracking.alias_version(alias, name)
     if current is None:

@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from nanoseg.config import PostprocessSettings
+
 #: smallest particle kept (px) in an image without a pixel size when the model records no training pixel
-#: size: 200 nm2 at the BAM images' 7.34 nm/px
-DEFAULT_MIN_AREA_PX = 4
+#: size: ``postprocess.min_area_nm2`` (200 nm2) at the BAM images' 7.34 nm/px
+DEFAULT_MIN_AREA_PX = round(PostprocessSettings().min_area_nm2 / 7.34375**2)
 
 
 def post_without_pixel_size(post: dict, model_px_nm: float | None) -> tuple[dict, str]:
@@ -41,7 +43,7 @@ def post_without_pixel_size(post: dict, model_px_nm: float | None) -> tuple[dict
     if post.get("min_area_px") is not None:
         area, why = int(post["min_area_px"]), "postprocess min_area_px"
     elif model_px_nm:
-        nm2 = float(post.get("min_area_nm2", 0.0))
+        nm2 = float(post["min_area_nm2"])
         area, why = int(round(nm2 / float(model_px_nm) ** 2)), f"{nm2:g} nm2 at the model's {model_px_nm:.3g} nm/px"
     else:
         area, why = DEFAULT_MIN_AREA_PX, "default; the model records no training pixel size"

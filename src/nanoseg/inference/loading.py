@@ -11,12 +11,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from nanoseg.config import PostprocessSettings, PredictSettings
 from nanoseg.errors import NanosegError
 from nanoseg.inference.predictor import Predictor
 
 
-DEFAULTS = {"tile": 512, "overlap": 64, "batch": 4, "threshold": 0.5, "min_area_nm2": 200.0, "tta": False,
-            "precision": "auto"}
+#: Settings of a model that carries none of its own: params.yaml's defaults (:mod:`nanoseg.config`).
+DEFAULTS = {**PredictSettings().model_dump(), "min_area_nm2": PostprocessSettings().min_area_nm2, "precision": "auto"}
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
 
 

@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 
+from nanoseg.config import PredictSettings
 from nanoseg.errors import NanosegError
 from nanoseg.inference.tiling import predict_tiled
 
@@ -45,7 +46,8 @@ class Predictor:
         Tiles along an axis never exceed what the image needs.
     """
 
-    def __init__(self, model, tile=512, overlap=64, batch=4, tta=False, single_pass=True):
+    def __init__(self, model, tile=PredictSettings().tile, overlap=PredictSettings().overlap,
+                 batch=PredictSettings().batch, tta=PredictSettings().tta, single_pass=True):
         import tensorflow as tf
 
         tile, overlap, batch = int(tile), int(overlap), int(batch)

@@ -19,6 +19,8 @@ import math
 
 import numpy as np
 
+from nanoseg.config import PredictSettings
+
 
 def _origins(size: int, tile: int, overlap: int) -> list[int]:
     if size <= tile:
@@ -97,7 +99,8 @@ def pad_widths(shape, tile, overlap) -> list[tuple[int, int]]:
     return [(margin, margin + max(0, t - (int(n) + 2 * margin))) for n, t in zip(shape[:2], _pair(tile))]
 
 
-def predict_tiled(predict_batch, image, tile=512, overlap=64, batch=4) -> np.ndarray:
+def predict_tiled(predict_batch, image, tile=PredictSettings().tile, overlap=PredictSettings().overlap,
+                  batch=PredictSettings().batch) -> np.ndarray:
     """Predict an image of any size tile by tile and blend the tiles.
 
     Parameters

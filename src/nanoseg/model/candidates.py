@@ -19,15 +19,16 @@ threshold and post-processing (issue: publish only what was validated):
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
 
 import numpy as np
 
 from nanoseg.atomic import copy_file, write_json
+from nanoseg.config import TrainSettings
 from nanoseg.errors import NanosegError
 
-CANDIDATES = ("ensemble", "best_fold", "final")
-DECODER_LEVELS = 5
+CANDIDATES = typing.get_args(TrainSettings.model_fields["candidate"].annotation)  # ensemble, best_fold, final
 
 
 def fold_model_dirs(cv_dir, folds: int) -> list[Path]:

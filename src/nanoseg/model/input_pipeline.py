@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from nanoseg.config import AugmentSettings, check
 from nanoseg.errors import NanosegError
 
 
@@ -27,19 +28,23 @@ def random_crops(images, targets, crop: int, augment: dict, seed: int, masks=Non
     probability) act on the image only.
 
     Scale augmentation (``augment["scale"] = [lo, hi]``, applied to a share
-    ``scale_p`` of the crops, default 0.5) needs ``masks`` and
+    ``scale_p`` of the crops) needs ``masks`` and
     ``zoom_target(mask_window, shape) -> target``: a window of ``crop / s``
     pixels is resampled to ``crop`` (anti-aliased when shrinking, bilinear),
     and its target is made again from the zoomed manual instances
     (:func:`nanoseg.model.targets.zoom_targets`), so the 1-pixel separations survive.
+
+    ``augment`` is ``train.augment`` of params.yaml; keys it lacks take the defaults of
+    :class:`nanoseg.config.AugmentSettings`.
     """
+    augment = check(AugmentSettings, augment, "train.augment")
     rng = np.random.default_rng(seed)
     n = len(images)
-    scale = augment.get("scale")
+    scale = augment["scale"]
     if scale and (masks is None or zoom_target is None):
         raise NanosegError("train.augment.scale needs the manual masks and a target maker (nanoseg.model.training.fit).")
-    scale_p = float(augment.get("scale_p", 0.5)) if scale else 0.0
-    invert = float(augment.get("invert", 0.0) or 0.0)
+    scale_p = float(augment["scale_p"]) if scale else 0.0
+    invert = float(augment["invert"])
     while True:
         i = int(rng.integers(n))
         img, tgt = images[i], targets[i]
@@ -55,15 +60,15 @@ def random_crops(images, targets, crop: int, augment: dict, seed: int, masks=Non
             c = int(rng.integers(w - crop + 1))
             x = img[r : r + crop, c : c + crop]
             y = tgt[r : r + crop, c : c + crop]
-        if augment.get("flips", True):
+        if augment["flips"]:
             if rng.random() < 0.5:
                 x, y = x[:, ::-1], y[:, ::-1]
             if rng.random() < 0.5:
                 x, y = x[::-1], y[::-1]
-        if augment.get("rot90", True):
+        if augment["rot90"]:
             k = int(rng.integers(4))
             x, y = np.rot90(x, k), np.rot90(y, k)
-        b, ct = float(augment.get("brightness", 0.0)), float(augment.get("contrast", 0.0))
+        b, ct = float(augment["brightness"]), float(augment["contrast"])
         if b or ct:
             gain = 1.0 + rng.uniform(-ct, ct)
             mean = float(x.mean())

@@ -1,6 +1,6 @@
 """Training losses and metrics for the segmentation network.
 
-Soft Dice (the paper's loss), a Dice coefficient metric and BCE + Dice. All
+Soft Dice (the paper's loss, ``train.loss: dice``) and a Dice coefficient metric. All
 math is done in float32 (``keras.ops``), so they work unchanged when the model
 runs under the ``mixed_bfloat16`` policy, with any Keras 3 backend.
 
@@ -51,17 +51,6 @@ def dice_coefficient(y_true, y_pred, smooth=1.0):
 def dice_loss(y_true, y_pred, smooth=1.0):
     """Soft Dice loss over the batch: ``1 - dice_coefficient``."""
     return 1.0 - dice_coefficient(y_true, y_pred, smooth=smooth)
-
-
-def bce_loss(y_true, y_pred):
-    """Mean binary cross-entropy over the batch (float32 scalar)."""
-    y_true, y_pred = _as_float32(y_true, y_pred)
-    return ops.mean(keras.losses.binary_crossentropy(y_true, y_pred))
-
-
-def bce_dice_loss(y_true, y_pred, smooth=1.0):
-    """Mean binary cross-entropy plus soft Dice loss (float32 scalar)."""
-    return bce_loss(y_true, y_pred) + dice_loss(y_true, y_pred, smooth=smooth)
 
 
 # ----------------------------------------------------------------------------- instance variant
@@ -157,13 +146,3 @@ def instance_training_metrics(head):
     if head == "classes3":
         return [wrap(_fg_classes3, name="dice_coefficient"), wrap(_boundary_dice, name="boundary_dice")]
     return [wrap(_fg_fg_distance, name="dice_coefficient"), wrap(_distance_mae, name="distance_mae")]
-
-
-LOSSES = {"dice": dice_loss, "bce_dice": bce_dice_loss, "bce": bce_loss}
-
-
-def get_loss(name):
-    """Return the loss function named in params.yaml (``train.loss``)."""
-    if name not in LOSSES:
-        raise NanosegError(f"loss {name!r} is unknown; set train.loss in params.yaml to one of {sorted(LOSSES)}.")
-    return LOSSES[name]

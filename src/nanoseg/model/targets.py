@@ -44,50 +44,29 @@ border term :func:`border_weights`).
 from __future__ import annotations
 
 import math
+import typing
 
 import numpy as np
 from scipy import ndimage as ndi
 from skimage import measure
 
+from nanoseg.config import InstanceSettings, check
 from nanoseg.errors import NanosegError
 
-HEADS = ("classes3", "fg_distance")
-CHANNELS = {"classes3": 3, "fg_distance": 2}
+HEADS = typing.get_args(InstanceSettings.model_fields["head"].annotation)  # classes3, fg_distance
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
-LOSSES = ("wcce_dice", "border_wcce_dice")
-
-#: Defaults of the ``instance:`` section of params.yaml.
-DEFAULTS = {
-    "head": "classes3",
-    "loss": "wcce_dice",
-    "class_weights": [1.0, 1.0, 5.0],
-    "border_w0": 10.0,
-    "border_sigma": 5.0,
-    "distance_weight": 1.0,
-    "marker_grid": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
-    "min_marker_grid": [0, 5, 15, 30],
-}
 
 
 def instance_settings(params: dict) -> dict:
-    """The ``instance:`` settings with defaults filled in, checked.
+    """The ``instance:`` settings, checked, with the defaults of :class:`nanoseg.config.InstanceSettings`
+    filled in (``params`` may hold a partial section or none).
 
     Raises
     ------
     NanosegError
-        Unknown head or loss, or ``class_weights`` not 3 non-negative numbers.
+        An unknown key, head or loss, or ``class_weights`` not 3 non-negative numbers.
     """
-    s = {**DEFAULTS, **(params.get("instance") or {})}
-    if s["head"] not in HEADS:
-        raise NanosegError(f"instance.head = {s['head']!r} is unknown; set it in params.yaml to one of {HEADS}.")
-    if s["loss"] not in LOSSES:
-        raise NanosegError(f"instance.loss = {s['loss']!r} is unknown; set it in params.yaml to one of {LOSSES}.")
-    w = [float(v) for v in s["class_weights"]]
-    if len(w) != 3 or min(w) < 0:
-        raise NanosegError(f"instance.class_weights = {s['class_weights']}: give 3 non-negative weights "
-                           "(background, interior, boundary) in params.yaml.")
-    s["class_weights"] = w
-    return s
+    return check(InstanceSettings, params.get("instance"), "instance")
 
 
 def instance_labels(mask) -> np.ndarray:
@@ -236,7 +215,7 @@ def training_targets(mask, params: dict) -> np.ndarray:
     :func:`make_targets` for ``instance.head`` with :func:`pixel_weights` as
     an extra last channel, (H, W, C + 1) float32.
     """
-    if params["model"].get("variant", "paper") == "paper":
+    if params["model"]["variant"] == "paper":
         return (np.asarray(mask) != 0).astype(np.float32)
     s = instance_settings(params)
     return np.concatenate([make_targets(mask, s["head"]), pixel_weights(mask, s)[..., None]], axis=-1)

@@ -221,16 +221,16 @@ def build_compiled(params: dict):
     from nanoseg.model.targets import instance_settings
 
     t, m = params["train"], params["model"]
-    variant = m.get("variant", "paper")
+    variant = m["variant"]
     inst = instance_settings(params) if variant == "instance" else None
-    configure_precision(t.get("mixed_bf16", "auto"))
-    weights = m.get("weights")
+    configure_precision(t["mixed_bf16"])
+    weights = m["weights"]
     if weights not in (None, "imagenet"):
         weights = str(resolve(params, weights))
     model = build_unet(variant=variant, weights=weights,
-                       decoder_filters=tuple(m.get("decoder_filters", (256, 128, 64, 32, 16))),
+                       decoder_filters=tuple(m["decoder_filters"]),
                        head=inst["head"] if inst else None)
-    if t.get("freeze_encoder"):
+    if t["freeze_encoder"]:
         # transfer learning: the ImageNet encoder stays fixed (its BatchNorm in inference mode, which also
         # avoids batch-4 statistics); only the decoder trains. ~2x the training throughput on a CPU.
         model.get_layer("encoder").trainable = False
@@ -239,8 +239,6 @@ def build_compiled(params: dict):
                       loss=InstanceLoss(inst["head"], inst["distance_weight"]),
                       metrics=instance_training_metrics(inst["head"]))
         return model
-    if t.get("loss", "dice") != "dice":
-        raise NanosegError(f"train.loss = {t.get('loss')!r}: the paper model trains with 'dice'.")
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=float(t["lr"])), loss=dice_loss,
                   metrics=[dice_coefficient])
     return model
@@ -284,12 +282,12 @@ def fit(train_images, train_masks, val_images, val_masks, params: dict, log=None
     from nanoseg.model.targets import training_targets, zoom_targets
 
     t = params["train"]
-    keras.utils.set_random_seed(int(t.get("seed", 0)))
+    keras.utils.set_random_seed(int(t["seed"]))
     targets = [training_targets(m, params) for m in train_masks]
     ds = make_train_dataset(train_images, targets, int(t["crop"]),
-                            int(t["batch"]), t.get("augment", {}), int(t.get("seed", 0)), masks=train_masks,
+                            int(t["batch"]), t["augment"], int(t["seed"]), masks=train_masks,
                             zoom_target=lambda m, shape: zoom_targets(m, shape, params))
-    steps = t.get("steps_per_epoch") or max(1, math.ceil(sum(im.size for im in train_images)
+    steps = t["steps_per_epoch"] or max(1, math.ceil(sum(im.size for im in train_images)
                                                           / (int(t["crop"]) ** 2 * int(t["batch"]))))
     val = None
     if val_images:
@@ -302,13 +300,13 @@ def fit(train_images, train_masks, val_images, val_masks, params: dict, log=None
                               tf.TensorSpec((None, None, channels), tf.float32)),
         ).apply(tf.data.experimental.assert_cardinality(len(val_images))).batch(1)  # known size: no Keras warning
     model = build_compiled(params)
-    max_minutes = max_minutes if max_minutes is not None else t.get("max_minutes_per_fold")
-    n_epochs, val_every = int(epochs or t["epochs"]), int(t.get("val_every", 1))
-    final_factor = float(t.get("lr_final_factor", 0.05))
+    max_minutes = max_minutes if max_minutes is not None else t["max_minutes_per_fold"]
+    n_epochs, val_every = int(epochs or t["epochs"]), int(t["val_every"])
+    final_factor = float(t["lr_final_factor"])
     if not 0 < final_factor <= 0.1:
         raise NanosegError(f"train.lr_final_factor = {final_factor}: the learning rate must decay to at most 1/10 "
                            "of train.lr by the end of training; use a value in (0, 0.1] in params.yaml.")
-    cbs, budget, record = _callbacks(keras, t.get("patience") if val is not None else None, max_minutes, log,
+    cbs, budget, record = _callbacks(keras, t["patience"] if val is not None else None, max_minutes, log,
                                      monitor="val_loss", label=label, lr0=float(t["lr"]),
                                      total_steps=n_epochs * int(steps), final_factor=final_factor,
                                      steps_per_epoch=int(steps), backup=backup)
@@ -334,7 +332,7 @@ def fit(train_images, train_masks, val_images, val_masks, params: dict, log=None
                             "seconds": round(seconds, 1), "stopped_for_time": budget.stopped_for_time,
                             "steps_per_epoch": int(steps), "steps_done": epochs_run * int(steps),
                             "lr_final": history.get("learning_rate", [float(t["lr"])])[-1],
-                            "restored_best": val is not None and bool(t.get("patience")), "cpu": cpu_model()}
+                            "restored_best": val is not None and bool(t["patience"]), "cpu": cpu_model()}
 
 
 def best_epoch_of(val_loss, epochs_run: int) -> int:

@@ -52,7 +52,7 @@ def config_key(params: dict, manifest, split: dict) -> str:
 
     keep = {k: params[k] for k in ("model", "train", "data") if k in params}
     keep["train"] = {k: v for k, v in keep["train"].items() if k not in PUBLISH_ONLY}
-    if params["model"].get("variant") == "instance":  # the paper variant's key ignores instance settings
+    if params["model"]["variant"] == "instance":  # the paper variant's key ignores instance settings
         keep["instance"] = {k: v for k, v in instance_settings(params).items() if k not in DECODE_ONLY}
     blob = json.dumps([keep, split, sorted(manifest["image_sha256"]), code_hash(TRAINING_CODE)],
                       sort_keys=True, default=str)
@@ -92,21 +92,21 @@ def predict_images(model, images, params: dict) -> list[np.ndarray]:
 def variant_params(params: dict) -> dict:
     """What to log as run parameters: ``model`` and ``train``, plus ``instance`` for the instance variant."""
     out = {"train": params["train"], "model": params["model"]}
-    if params["model"].get("variant") == "instance":
+    if params["model"]["variant"] == "instance":
         out["instance"] = instance_settings(params)
     return out
 
 
 def run_label(params: dict) -> str:
     """``paper`` or ``instance-<head>``: names runs so both variants and both heads compare side by side."""
-    if params["model"].get("variant") == "instance":
+    if params["model"]["variant"] == "instance":
         return f"instance-{instance_settings(params)['head']}"
-    return params["model"].get("variant", "paper")
+    return params["model"]["variant"]
 
 
 def variant_tags(params: dict) -> dict:
     """MLflow tags ``variant`` (and ``instance_head`` for the instance variant)."""
-    tags = {"variant": params["model"].get("variant", "paper")}
+    tags = {"variant": params["model"]["variant"]}
     if tags["variant"] == "instance":
         tags["instance_head"] = instance_settings(params)["head"]
     return tags
@@ -185,15 +185,15 @@ def choose_postprocess(truths, probs, threshold: float, params: dict, pixel_size
     from nanoseg.evaluation.selection import tune_split_params
     from nanoseg.postprocess.decode import min_area_px
 
-    if params["model"].get("variant") == "instance":
+    if params["model"]["variant"] == "instance":
         return choose_instance_postprocess(truths, probs, threshold, params, pixel_size_nm)
-    post = dict(params.get("postprocess", {}))
+    post = params["postprocess"]
     area = min_area_px(post, pixel_size_nm)
-    grid = {"threshold": [threshold], "opening_radius": [int(post.get("opening_radius", 1))],
+    grid = {"threshold": [threshold], "opening_radius": [int(post["opening_radius"])],
             "min_area_px": [area], "split": [False, True],
-            "min_distance_px": list(post.get("min_distance_grid", [3, 5, 7, 9, 12]))}
+            "min_distance_px": list(post["min_distance_grid"])}
     best = tune_split_params(probs, [truth_labels(t) for t in truths], grid)
-    return {"opening_radius": int(post.get("opening_radius", 1)), "min_area_nm2": float(post.get("min_area_nm2", 0)),
+    return {"opening_radius": int(post["opening_radius"]), "min_area_nm2": float(post["min_area_nm2"]),
             "split": bool(best["split"]), "min_distance_px": int(best["min_distance_px"]),
             "val_f1_50": float(best["f1_50"]), "val_f1_50_clean": float(best["f1_50_clean"])}
 
@@ -206,14 +206,14 @@ def choose_instance_postprocess(truths, probs, threshold: float, params: dict, p
     from nanoseg.evaluation.selection import tune_instance_params
     from nanoseg.postprocess.decode import min_area_px
 
-    post = dict(params.get("postprocess", {}))
+    post = params["postprocess"]
     inst = instance_settings(params)
-    radius = int(post.get("opening_radius", 1))
+    radius = int(post["opening_radius"])
     grid = {"threshold": [threshold], "opening_radius": [radius], "min_area_px": [min_area_px(post, pixel_size_nm)],
             "marker_threshold": [float(v) for v in inst["marker_grid"]],
             "min_marker_px": [int(v) for v in inst["min_marker_grid"]]}
     best = tune_instance_params(probs, [truth_labels(t) for t in truths], grid, decoder=inst["head"])
-    return {"decoder": inst["head"], "opening_radius": radius, "min_area_nm2": float(post.get("min_area_nm2", 0)),
+    return {"decoder": inst["head"], "opening_radius": radius, "min_area_nm2": float(post["min_area_nm2"]),
             "marker_threshold": float(best["marker_threshold"]), "min_marker_px": int(best["min_marker_px"]),
             "val_f1_50": float(best["f1_50"]), "val_f1_50_clean": float(best["f1_50_clean"])}
 

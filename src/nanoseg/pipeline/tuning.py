@@ -35,7 +35,7 @@ from pathlib import Path
 import yaml
 
 from nanoseg.atomic import atomic_path, write_text
-from nanoseg.config import resolve, store_root
+from nanoseg.config import PrunerSettings, TuneSettings, check, resolve, store_root
 from nanoseg.errors import NanosegError
 
 BEST_FILE = "tune/best_params.yaml"
@@ -48,7 +48,7 @@ FINISHED = ("COMPLETE", "PRUNED")
 
 def storage_url(value: str | None) -> str:
     """A storage setting as an SQLAlchemy URL: URLs pass, a path is a sqlite file under the store root."""
-    value = str(value or "tune/optuna.db")
+    value = str(value or TuneSettings().storage)
     if "://" in value:
         return value
     path = Path(value)
@@ -58,21 +58,17 @@ def storage_url(value: str | None) -> str:
 
 
 def make_pruner(spec: dict | None):
-    """An Optuna pruner from ``{"name": median|percentile|hyperband|successive_halving|none, **kwargs}``."""
+    """An Optuna pruner from ``{"name": median|percentile|hyperband|successive_halving|threshold|none, **kwargs}``
+    (``tune.pruner``, checked by :class:`nanoseg.config.PrunerSettings`; None: the median pruner, Optuna's defaults)."""
     import optuna
 
-    spec = dict(spec or {"name": "median"})
-    name = str(spec.pop("name", "median")).lower()
+    spec = check(PrunerSettings, spec, "tune.pruner")
+    name = spec.pop("name")
     kinds = {"median": optuna.pruners.MedianPruner, "percentile": optuna.pruners.PercentilePruner,
              "hyperband": optuna.pruners.HyperbandPruner,
              "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
              "threshold": optuna.pruners.ThresholdPruner, "none": optuna.pruners.NopPruner}
-    if name not in kinds:
-        raise NanosegError(f"tune.pruner.name = {name!r} is unknown; use one of {sorted(kinds)} in params.yaml.")
     accepted = {k: set(inspect.signature(c).parameters) for k, c in kinds.items()}
-    unknown = set(spec) - set().union(*accepted.values())
-    if unknown:
-        raise NanosegError(f"tune.pruner: {sorted(unknown)} is no setting of any Optuna pruner; fix params.yaml.")
     # settings of other pruners (e.g. inherited from the base section through a profile) do not apply
     return kinds[name](**{k: v for k, v in spec.items() if k in accepted[name]})
 
@@ -374,15 +370,13 @@ def tune(params: dict, n_trials: int | None = None, storage: str | None = None, 
     from nanoseg.data.manifest import read_prepared
     from nanoseg.data.manifest import median_pixel_size
 
-    t = params.get("tune") or {}
-    if not t:
-        raise NanosegError("params.yaml has no tune: section; add one (see the project's params.yaml).")
-    n_trials = int(n_trials or t.get("n_trials", 8))
+    t = params["tune"]
+    n_trials = int(n_trials or t["n_trials"])
     manifest, split = read_prepared(resolve(params, "prepared"))
-    folds = fold_subset(split, t.get("folds"))
-    url = storage_url(storage or os.environ.get("NANOSEG_OPTUNA_STORAGE") or t.get("storage"))
-    name = study_name or f"{t.get('study', 'nanoseg')}-{params['profile']}"
-    study = open_study(url, name, make_pruner(t.get("pruner")), t.get("seed", 0))
+    folds = fold_subset(split, t["folds"])
+    url = storage_url(storage or os.environ.get("NANOSEG_OPTUNA_STORAGE") or t["storage"])
+    name = study_name or f"{t['study']}-{params['profile']}"
+    study = open_study(url, name, make_pruner(t["pruner"]), t["seed"])
     check_space(study, {"lr": [float(v) for v in t["lr"]], "batch": [int(b) for b in t["batch"]], "folds": folds})
     done = count_finished(study)
     print(f"tune: study {name!r} in {_safe(url)}: {done} of {n_trials} trials finished; folds {folds}")

@@ -27,6 +27,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage import color, feature, filters, measure, morphology, segmentation
 
+from nanoseg.config import CHOSEN, PostprocessSettings
 from nanoseg.errors import NanosegError
 from nanoseg.io.masks import binarize
 
@@ -291,17 +292,20 @@ def watershed_markers(marker, fg, marker_threshold, min_marker_px, min_area_px):
     return remove_small_instances(labels, int(min_area_px))
 
 
-DEFAULT_POST = {"opening_radius": 1, "min_area_nm2": 200.0, "split": False, "min_distance_px": 5}
+#: Post-processing of a model that carries none of its own (params.yaml's defaults and :data:`nanoseg.config.CHOSEN`).
+DEFAULT_POST = {"opening_radius": PostprocessSettings().opening_radius, "min_area_nm2": PostprocessSettings().min_area_nm2,
+                "split": CHOSEN.split, "min_distance_px": CHOSEN.min_distance_px}
 
 
-INSTANCE_POST = {"marker_threshold": 0.5, "min_marker_px": 0}
+#: Decoder settings of an instance-variant model that carries none of its own.
+INSTANCE_POST = {"marker_threshold": CHOSEN.marker_threshold, "min_marker_px": CHOSEN.min_marker_px}
 
 
 def min_area_px(post: dict, pixel_size_nm: float | None) -> int:
     """The minimum particle area in pixels (``min_area_nm2`` converted; 0 without a pixel size)."""
     if not pixel_size_nm:
         return int(post.get("min_area_px", 0))
-    return int(round(float(post.get("min_area_nm2", 0.0)) / float(pixel_size_nm) ** 2))
+    return int(round(float(post["min_area_nm2"]) / float(pixel_size_nm) ** 2))
 
 
 def segment(prob: np.ndarray, threshold: float, post: dict, pixel_size_nm: float | None = None):

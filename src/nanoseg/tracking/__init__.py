@@ -9,11 +9,11 @@ above itself.
 import importlib
 
 from nanoseg.tracking.registry import (  # noqa: F401
-    CHAMPION, REGISTERED_MODEL, alias_version, check_model_uri, download_model, download_pyfunc, model_uri,
+    CHAMPION, REGISTERED_MODEL, alias_version, check_model_uri, download_model, download_pyfunc,
     set_alias, set_version_tags,
 )
 from nanoseg.tracking.runs import (  # noqa: F401
-    COMPARE_METRICS, COMPARE_PARAMS, EXPERIMENT, compare_metrics, compare_params, end_run, find_run,
+    COMPARE_METRICS, COMPARE_PARAMS, EXPERIMENT, compare_metrics, compare_params, end_run,
     log_artifact, log_dict, log_metrics, log_params, log_to_run, main, run_status, run_tags,
     set_tags, setup, start_run, store_dir, tracking_uri,
 )

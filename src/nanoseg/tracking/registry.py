@@ -57,10 +57,6 @@ def set_alias(version: str, alias: str = CHAMPION, name: str = REGISTERED_MODEL)
     mlflow.MlflowClient().set_registered_model_alias(name, alias, str(version))
 
 
-def model_uri(alias: str = CHAMPION, name: str = REGISTERED_MODEL) -> str:
-    return f"models:/{name}@{alias}"
-
-
 def download_pyfunc(uri: str, dst: Path) -> Path:
     mlflow.set_tracking_uri(tracking_uri())
     if uri.startswith("models:/"):

@@ -139,8 +139,8 @@ COMPARE_METRICS = {"dice": "dice", "f1_50_clean": "f1_50_clean", "pq_clean": "pq
 
 def compare_params(params: dict, cpu: str, steps=None) -> dict:
     """The :data:`COMPARE_PARAMS` of a run (``steps``: the optimiser steps done, when known)."""
-    variant = params["model"].get("variant", "paper")
-    head = (params.get("instance") or {}).get("head", "classes3") if variant == "instance" else "-"
+    variant = params["model"]["variant"]
+    head = params["instance"]["head"] if variant == "instance" else "-"
     out = {"variant": variant, "head": head, "lr": params["train"]["lr"], "batch": params["train"]["batch"],
            "cpu": cpu}
     if steps is not None:
@@ -210,13 +210,6 @@ def run_status(run_id: str | None) -> str | None:
         return mlflow.get_run(run_id).info.status
     except Exception:
         return None
-
-
-def find_run(experiment_id: str, filter_string: str) -> str | None:
-    """Id of the newest finished run matching ``filter_string`` (MLflow search syntax), or None."""
-    runs = mlflow.search_runs([experiment_id], filter_string=filter_string, order_by=["start_time DESC"],
-                              max_results=1, output_format="list")
-    return runs[0].info.run_id if runs else None
 
 
 def end_run(status: str = "FINISHED") -> None:

@@ -29,12 +29,12 @@ def command(args=None) -> int:
     params = load_params()
     manifest, split = read_prepared(resolve(params, "prepared"))
     test = load_test(params, manifest, split)
-    batch = int(params["predict"].get("batch", 4))
+    batch = int(params["predict"]["batch"])
     cand = score_model(resolve(params, MODEL), test, batch=batch)
     meta, settings = cand["meta"], cand["settings"]
     post = settings["postprocess"]
     base = baselines(test.images, test.masks, test.pixel_sizes, test.class_masks,
-                     min_distance_px=int(post.get("min_distance_px", 5)))
+                     min_distance_px=int(post["min_distance_px"]))
     champion = score_champion(params, test, batch=batch)
     head = (meta.get("instance") or {}).get("head")
     result = {"model": numeric(cand["scores"]), "candidate": meta.get("candidate"),

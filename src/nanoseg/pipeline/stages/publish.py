@@ -30,16 +30,15 @@ import json
 import math
 
 from nanoseg.atomic import write_json
-from nanoseg.config import load_params, resolve
+from nanoseg.config import PublishSettings, check, load_params, resolve
 from nanoseg.errors import NanosegError, report_errors
 
 MODEL = "models/final"
 TEST = "metrics/test.json"
 CV = "metrics/cv.json"
 OUT = "reports/publish.json"
-RULE = {"rank_by": "f1_50_clean", "gate_metrics": ["dice", "f1_50_clean"], "tolerance_std": 2.0,
-        "tolerance_min": 0.03, "champion_margin": 0.0, "profiles": ["cpu", "paper"],
-        "replace_incomparable": False}
+#: The gate's default settings (``publish:`` of params.yaml, :class:`nanoseg.config.PublishSettings`).
+RULE = PublishSettings().model_dump()
 
 
 def _score(value):
@@ -52,12 +51,7 @@ def _score(value):
 
 def rule_from(params: dict) -> dict:
     """The gate's settings: ``publish:`` in params.yaml over :data:`RULE` (unknown keys refused)."""
-    pub = dict(params.get("publish") or {})
-    unknown = set(pub) - set(RULE) - {"name", "alias"}
-    if unknown:
-        raise NanosegError(f"params.yaml publish: unknown setting(s) {sorted(unknown)}; "
-                           f"use some of {sorted(RULE) + ['alias', 'name']}.")
-    return {**RULE, **{k: v for k, v in pub.items() if k in RULE}}
+    return check(PublishSettings, params.get("publish"), "publish")
 
 
 def gate(candidate: dict, cv: dict, champion: dict | None, rule: dict) -> tuple[bool, list[dict]]:
@@ -191,8 +185,7 @@ def publish(params: dict) -> dict:
     data_md5 = tracking.run_tags().get("data_md5")
     fingerprint_ok = (result.get("model_fingerprint") == model_fingerprint(folder)
                       and result.get("split_fingerprint") == split_fp)
-    name = (params.get("publish") or {}).get("name", tracking.REGISTERED_MODEL)
-    alias = (params.get("publish") or {}).get("alias", tracking.CHAMPION)
+    name, alias = tracking.REGISTERED_MODEL, tracking.CHAMPION
     tracking.setup(params=params)
     current = tracking.alias_version(alias, name)
     champion = result.get("champion")
@@ -201,7 +194,7 @@ def publish(params: dict) -> dict:
     elif champion is None or str(champion.get("version")) != str(current.version):
         print(f"publish: @{alias} is version {current.version}, not the one evaluate scored; scoring it now")
         champion = score_champion(params, load_test(params, manifest, split),
-                                  batch=int(params["predict"].get("batch", 4)))
+                                  batch=int(params["predict"]["batch"]))
     else:
         champion = {**champion, "tags": dict(current.tags or {})}
     profile = meta.get("profile", params["profile"])

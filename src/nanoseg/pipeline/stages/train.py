@@ -56,14 +56,14 @@ def train_final(params: dict, manifest, split: dict, cv: dict, out, run_id: str)
     from nanoseg.model.training import fit
 
     t = params["train"]
-    k = int(t.get("final_val_fold", -1)) % len(split["folds"])
+    k = int(t["final_val_fold"]) % len(split["folds"])
     val = list(split["folds"][k]["val"])
     train = [s for s in split["train"] if s not in set(val)]
     root = params["_root"]
     images, masks = load_rows(manifest, train, root)
     va_img, va_mask = load_rows(manifest, val, root)
     model, history, info = fit(images, masks, va_img, va_mask, params, log=tracking.log_metrics,
-                               max_minutes=t.get("final_max_minutes"), label="final model")
+                               max_minutes=t["final_max_minutes"], label="final model")
     probs = predict_images(model, va_img, params)
     threshold = float(choose_threshold(va_mask, [foreground_probability(p) for p in probs]))
     post = choose_postprocess(va_mask, probs, threshold, params, median_pixel_size(manifest))
@@ -106,7 +106,7 @@ def command(args=None) -> int:
         raise NanosegError(f"{cv_file}: no cross-validation result; run `dvc repro cv` first.")
     cv = json.loads(cv_file.read_text())
     check_cv(params, cv, cv_file, manifest, split)
-    candidate = params["train"].get("candidate", "ensemble")
+    candidate = params["train"]["candidate"]
     if candidate not in CANDIDATES:
         raise NanosegError(f"train.candidate = {candidate!r}: use one of {', '.join(CANDIDATES)} in params.yaml.")
     out = resolve(params, OUT)
