@@ -5,7 +5,7 @@
 (c) ``final`` — trained on the training images less one fold's validation images, best weights restored,
 settings tuned on those images (``train.final_max_minutes`` of training: skip with ``--no-final``).
 
-Each is scored by ``evaluate``'s code as users get it (:func:`nanoseg.evaluation.testset.score_model`), beside its
+Each is scored by ``evaluate``'s code as users get it (:func:`nanoseg.evaluation.model_scores.score_model`), beside its
 CV estimate. Run after ``dvc repro cv`` (it uses ``cv/`` and ``metrics/cv.json``):
 
     python bench/candidates.py [--no-final]
@@ -42,8 +42,8 @@ def main() -> int:
     from nanoseg.config import load_params, resolve
     from nanoseg.data.manifest import read_prepared
     from nanoseg.pipeline.stages.train import check_cv, train_final
-    from nanoseg.data.testset import load_test
-    from nanoseg.evaluation.testset import numeric, score_model
+    from nanoseg.data.heldout import load_test
+    from nanoseg.evaluation.model_scores import numeric, score_model
     from nanoseg.machine import cpu_model
 
     params = load_params()

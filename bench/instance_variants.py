@@ -182,7 +182,7 @@ def test_mode(base, manifest, split, models: dict, work) -> dict:
     from nanoseg.model.network import load_model
     from nanoseg.postprocess.decode import baseline_instances, foreground_probability
     from nanoseg.inference.predictor import Predictor
-    from nanoseg.data.testset import load_test
+    from nanoseg.data.heldout import load_test
 
     test = load_test(base, manifest, split)
     stems, images, masks, class_masks = test.stems, test.images, test.masks, test.class_masks

@@ -3,7 +3,7 @@
 Each image is resampled by a zoom factor (0.5x = half the magnification, pixel size x 2; anti-aliased when
 shrinking, bilinear) and its manual instances with it (nearest neighbour, touching instances re-separated by
 1-px lines: :func:`nanoseg.model.targets.zoom_mask`); the pixel size is divided by the factor. The model runs as
-``nanoseg predict`` runs it (:func:`nanoseg.evaluation.testset.score_model`) with ``--scale auto`` (resampled to the
+``nanoseg predict`` runs it (:func:`nanoseg.evaluation.model_scores.score_model`) with ``--scale auto`` (resampled to the
 model's training pixel size) and ``--scale off`` (native resolution: what a model without the rescaling
 would see), and is scored by evaluate's code: clean F1@0.5, PQ, median ECD error (clean), pixel Dice. The
 ``clean`` subset keeps the same particles at every zoom: at least ``20 z**2`` px instead of 20 (at 2x a
@@ -35,19 +35,19 @@ KEYS = ("f1_50_clean", "pq_clean", "median_ecd_rel_error_clean", "dice")
 
 
 def inverted(test):
-    """A copy of a :class:`nanoseg.data.testset.HeldOut` with dark particles on a bright background."""
-    from nanoseg.data.testset import HeldOut
+    """A copy of a :class:`nanoseg.data.heldout.HeldOut` with dark particles on a bright background."""
+    from nanoseg.data.heldout import HeldOut
 
     return HeldOut(test.stems, [1.0 - im for im in test.images], test.masks, test.class_masks, test.pixel_sizes)
 
 
 def rescaled(test, factor: float):
-    """A copy of a :class:`nanoseg.data.testset.HeldOut` zoomed by ``factor`` (pixel sizes divided by it)."""
+    """A copy of a :class:`nanoseg.data.heldout.HeldOut` zoomed by ``factor`` (pixel sizes divided by it)."""
     from skimage.transform import resize
 
     from nanoseg.inference.rescale import resample_image
     from nanoseg.model.targets import zoom_mask
-    from nanoseg.data.testset import HeldOut
+    from nanoseg.data.heldout import HeldOut
 
     if factor == 1.0:
         return test
@@ -63,8 +63,8 @@ def main() -> int:
     sys.path.insert(0, str(ROOT / "src"))
     from nanoseg.config import load_params, resolve
     from nanoseg.data.manifest import read_prepared
-    from nanoseg.data.testset import load_test
-    from nanoseg.evaluation.testset import score_model
+    from nanoseg.data.heldout import load_test
+    from nanoseg.evaluation.model_scores import score_model
     from nanoseg.machine import cpu_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -131,8 +131,8 @@ def score_only(folder):
     """The model's test scores, as evaluate measures them, without registering anything."""
     from nanoseg.config import load_params, resolve
     from nanoseg.data.manifest import read_prepared
-    from nanoseg.data.testset import load_test
-    from nanoseg.evaluation.testset import score_model
+    from nanoseg.data.heldout import load_test
+    from nanoseg.evaluation.model_scores import score_model
 
     params = load_params()
     manifest, split = read_prepared(resolve(params, "prepared"))

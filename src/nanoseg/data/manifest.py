@@ -1,7 +1,7 @@
 """The dataset's manifest: image/mask pairing, the manifest of the ``prepare`` stage, and loading the pairs.
 
 Importing the raw data under DVC is :mod:`nanoseg.data.dvc_import`'s, the train/test split and folds
-:mod:`nanoseg.data.split`'s, the held-out test set :mod:`nanoseg.data.testset`'s, the training crops
+:mod:`nanoseg.data.split`'s, the held-out test set :mod:`nanoseg.data.heldout`'s, the training crops
 :mod:`nanoseg.model.input_pipeline`'s.
 
 Layout (the original BAM ``Datasets/`` layout, folder names from ``params.yaml``)::

@@ -1,6 +1,6 @@
 """Stage ``evaluate``: the candidate model AND the current champion on the held-out test images.
 
-Both are opened as users get them (:func:`nanoseg.evaluation.testset.score_model`: ``nanoseg predict``'s
+Both are opened as users get them (:func:`nanoseg.evaluation.model_scores.score_model`: ``nanoseg predict``'s
 settings, threshold and post-processing from each model's own metadata; the champion downloaded
 from the MLflow registry, ``models:/nanoseg@champion``, whatever run it came from) and scored by the
 same code: the paper's 7 pixel metrics, instance and size metrics on ``all`` and ``clean`` particles,
@@ -22,8 +22,8 @@ def command(args=None) -> int:
     from nanoseg.evaluation.error_analysis import merged_mask
     from nanoseg.evaluation.scoring import baselines, truth_labels
     from nanoseg.report.plots import error_bars, error_overlay
-    from nanoseg.data.testset import load_test
-    from nanoseg.evaluation.testset import model_fingerprint, numeric, score_champion, score_model, split_fingerprint
+    from nanoseg.data.heldout import load_test
+    from nanoseg.evaluation.model_scores import model_fingerprint, numeric, score_champion, score_model, split_fingerprint
     from nanoseg.machine import cpu_model
 
     params = load_params()

@@ -163,8 +163,8 @@ def publish(params: dict) -> dict:
     from nanoseg.data.manifest import read_prepared
     from nanoseg.serving.payload import input_example
     from nanoseg.serving.pyfunc import log_pyfunc
-    from nanoseg.data.testset import load_test
-    from nanoseg.evaluation.testset import model_fingerprint, score_champion, split_fingerprint
+    from nanoseg.data.heldout import load_test
+    from nanoseg.evaluation.model_scores import model_fingerprint, score_champion, split_fingerprint
     from nanoseg.machine import cpu_model
 
     folder, test_file, cv_file = resolve(params, MODEL), resolve(params, TEST), resolve(params, CV)

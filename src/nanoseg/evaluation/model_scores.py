@@ -1,4 +1,4 @@
-"""Scoring a model on the held-out test images (:func:`nanoseg.data.testset.load_test`) exactly as users get it.
+"""Scoring a model on the held-out test images (:func:`nanoseg.data.heldout.load_test`) exactly as users get it.
 
 :func:`score_model` opens a model folder through :func:`nanoseg.inference.loading.load_predictor` — the same
 settings, threshold and post-processing that ``nanoseg predict`` and the server use, taken from the model's own metadata — and scores it with
@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from nanoseg.data.testset import HeldOut
+from nanoseg.data.heldout import HeldOut
 
 
 def score_model(folder, test: HeldOut, batch: int | None = None, scale="auto", polarity="auto",
