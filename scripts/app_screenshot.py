@@ -6,7 +6,7 @@
 Starts ``nanoseg app`` on a free 127.0.0.1 port, gives IMAGE... to the page's file input (through the
 DevTools protocol, as a user's drop would), waits until every image is analysed, clicks the largest
 measurable particle of the first image and saves the whole page. :class:`Page` and :class:`AppServer`
-are also what ``tests/test_app.py`` drives the page with. Needs Chromium (Debian:
+are also what ``tests/app/test_app.py`` drives the page with. Needs Chromium (Debian:
 ``apt-get install -y chromium``).
 """
 

@@ -24,7 +24,7 @@ from nanoseg.errors import NanosegError
 from nanoseg.serving import pyfunc
 from tests.conftest import IMAGES, write_small_dataset
 from tests.served import Served, post
-from tests.test_registry import save_tiny_model
+from tests.tracking.test_registry import save_tiny_model
 
 pytestmark = pytest.mark.slow
 
@@ -498,7 +498,7 @@ def test_image_size_reads_the_real_layout():
     import tifffile
 
     from nanoseg.serving.payload import RequestError, image_size, read_upload
-    from tests.test_layout import png_header
+    from tests.io.test_layout import png_header
 
     buf = io.BytesIO()
     tifffile.imwrite(buf, np.zeros((3, 600, 500), np.uint8), photometric="rgb", planarconfig="separate")

@@ -31,7 +31,7 @@ from nanoseg.io.outputs import MARKER
 from nanoseg.cli.predict import predict_command
 from tests.conftest import IMAGES, PX_PER_CM
 from tests.s3server import free_ports
-from tests.test_rois import discs_png
+from tests.io.test_rois import discs_png
 
 THRESHOLD = 0.4  # between the BAM crops' background and particles, and the discs' 60/255 and 190/255
 

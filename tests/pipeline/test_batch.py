@@ -22,7 +22,7 @@ from nanoseg import cli
 from nanoseg.errors import NanosegError
 from tests.conftest import REPO, write_small_dataset
 from tests.synthetic_bam import IMAGES
-from tests.test_registry import save_tiny_model
+from tests.tracking.test_registry import save_tiny_model
 
 slow = pytest.mark.slow
 
@@ -314,7 +314,7 @@ def test_without_java_a_clear_message_and_nothing_written(tmp_path, monkeypatch)
     from types import SimpleNamespace
 
     from nanoseg.cli.batch import batch_command
-    from tests.test_registry import META
+    from tests.tracking.test_registry import META
 
     model = tmp_path / "model"
     model.mkdir()

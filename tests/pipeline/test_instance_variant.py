@@ -15,7 +15,7 @@ from nanoseg.pipeline.crossval import choose_postprocess, config_key
 from nanoseg.model.network import build_unet, save_model
 from nanoseg.cli.predict import predict_command
 from tests.conftest import IMAGES, MASKS, PX_PER_CM
-from tests.test_postprocess import _chain, _synthetic_outputs
+from tests.postprocess.test_postprocess import _chain, _synthetic_outputs
 
 MANIFEST = {"image_sha256": ["abc"]}
 SPLIT = {"folds": [{"train": ["a"], "val": ["b"]}]}
