@@ -18,7 +18,8 @@ ENV PYTHONUNBUFFERED=1 \
     VENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
-RUN apt-get update && apt-get install -y --no-install-recommends git make curl \
+# openjdk-17-jre-headless: the Java runtime of Spark, for `nanoseg batch` (as `make java` installs on a host)
+RUN apt-get update && apt-get install -y --no-install-recommends git make curl openjdk-17-jre-headless \
     && rm -rf /var/lib/apt/lists/*
 
 # a home any --user can write to (Keras, matplotlib and DVC keep their caches there)
