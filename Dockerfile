@@ -18,8 +18,8 @@ ENV PYTHONUNBUFFERED=1 \
     VENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
-# openjdk-17-jre-headless: the Java runtime of Spark, for `nanoseg batch` (as `make java` installs on a host)
-RUN apt-get update && apt-get install -y --no-install-recommends git make curl openjdk-17-jre-headless \
+# default-jre-headless: the Java runtime (17+) of Spark, for `nanoseg batch` (what `make java` installs on a host)
+RUN apt-get update && apt-get install -y --no-install-recommends git make curl default-jre-headless \
     && rm -rf /var/lib/apt/lists/*
 
 # a home any --user can write to (Keras, matplotlib and DVC keep their caches there)

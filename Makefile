@@ -46,11 +46,10 @@ $(STAMP):
 java:
 	@command -v java >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "make java: installing Debian's openjdk-17-jre-headless"; \
-	    apt-get update -qq && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	      openjdk-17-jre-headless || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	      default-jre-headless; }; \
-	  else echo "make java: no java: install a Java runtime 17+ (apt-get install openjdk-17-jre-headless) for" \
+	    echo "make java: installing Debian's default-jre-headless (Java 17 on Debian 12, 21 on 13)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      default-jre-headless; \
+	  else echo "make java: no java: install a Java runtime 17+ (apt-get install default-jre-headless) for" \
 	    "nanoseg batch and its tests" >&2; fi; }
 
 data: install

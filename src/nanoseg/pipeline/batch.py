@@ -423,7 +423,7 @@ def _java() -> str:
     if not java:
         raise NanosegError("nanoseg batch runs on Spark, which needs a Java runtime (17 or newer), and none was "
                            "found (no java on PATH, no JAVA_HOME): install one, e.g. `apt-get install "
-                           "openjdk-17-jre-headless` (`make java` does it), or set JAVA_HOME.")
+                           "default-jre-headless` (Debian's Java 17+; `make java` does it), or set JAVA_HOME.")
     return java
 
 
