@@ -22,7 +22,7 @@ from nanoseg import cli
 from nanoseg.errors import NanosegError
 from tests.conftest import REPO, write_small_dataset
 from tests.synthetic_bam import IMAGES
-from tests.tracking.test_registry import save_tiny_model
+from tests.tiny_model import champion_store
 
 slow = pytest.mark.slow
 
@@ -43,21 +43,9 @@ def images(tmp_path_factory, bam_dir) -> list[Path]:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A tmp MLflow store with a tiny model registered as nanoseg@champion (batch's default model)."""
-    from nanoseg import tracking
-    from nanoseg.serving.payload import input_example
-    from nanoseg.serving.pyfunc import log_pyfunc
-
     _java_present()
-    root = tmp_path_factory.mktemp("batch-store")
-    uri = f"sqlite:///{root / 'mlruns/mlflow.db'}"
-    folder = save_tiny_model(root / "model")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        tracking.setup()
-        with tracking.start_run("publish-test"):
-            info = log_pyfunc(folder, input_example())
-        tracking.set_alias(info.registered_model_version)
-    return {"uri": uri, "folder": folder}
+    with champion_store(tmp_path_factory.mktemp("batch-store")) as store:
+        return store
 
 
 def _info_message(path: Path, capsys) -> str:
@@ -314,7 +302,7 @@ def test_without_java_a_clear_message_and_nothing_written(tmp_path, monkeypatch)
     from types import SimpleNamespace
 
     from nanoseg.cli.batch import batch_command
-    from tests.tracking.test_registry import META
+    from tests.tiny_model import META
 
     model = tmp_path / "model"
     model.mkdir()

@@ -24,7 +24,7 @@ from nanoseg.errors import NanosegError
 from nanoseg.serving import pyfunc
 from tests.conftest import IMAGES, write_small_dataset
 from tests.served import Served, post
-from tests.tracking.test_registry import save_tiny_model
+from tests.tiny_model import champion_store
 
 pytestmark = pytest.mark.slow
 
@@ -36,19 +36,8 @@ LEGACY_PICKLE = (b"\x80\x05\x95)\x00\x00\x00\x00\x00\x00\x00\x8c\x10nanoseg.trac
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A tmp MLflow store holding a tiny untrained model registered as nanoseg@champion."""
-    from nanoseg import tracking
-    from nanoseg.serving.payload import input_example
-
-    root = tmp_path_factory.mktemp("serving")
-    uri = f"sqlite:///{root / 'mlruns/mlflow.db'}"
-    folder = save_tiny_model(root / "model")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        tracking.setup()
-        with tracking.start_run("publish-test"):
-            info = pyfunc.log_pyfunc(folder, input_example())
-        tracking.set_alias(info.registered_model_version)
-        yield {"root": root, "uri": uri, "folder": folder}
+    with champion_store(tmp_path_factory.mktemp("serving")) as store:
+        yield store
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.served import Served, post_raw
-from tests.tracking.test_registry import save_tiny_model
+from tests.tiny_model import save_tiny_model
 
 pytestmark = pytest.mark.slow
 

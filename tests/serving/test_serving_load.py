@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from tests.served import Served, post_raw
-from tests.tracking.test_registry import save_tiny_model
+from tests.tiny_model import save_tiny_model
 
 pytestmark = pytest.mark.slow
 

@@ -13,35 +13,9 @@ import pytest
 from nanoseg.errors import NanosegError
 from nanoseg.serving import pyfunc
 from tests.conftest import REPO
+from tests.tiny_model import META, save_tiny_model
 
 pytestmark = pytest.mark.slow
-
-META = {"variant": "paper", "threshold": 0.5, "tile": 256, "overlap": 32, "mlflow_run_id": "train-run",
-        "postprocess": {"opening_radius": 1, "min_area_nm2": 200.0, "split": False, "min_distance_px": 5}}
-
-
-def save_tiny_model(folder):
-    """An untrained ResNet50 U-Net with a tiny decoder, saved like the train stage does.
-
-    The last decoder level is set by hand to pass the input image through, so the model
-    thresholds brightness (particles are bright): its masks hold particles, as a trained one's do.
-    """
-    from nanoseg.model.network import build_unet, save_model
-    from nanoseg.model.precision import configure_precision
-
-    configure_precision(False)
-    model = build_unet(weights=None, decoder_filters=(8, 8, 8, 8, 8))
-    for name, source in (("dec5a_conv", 8), ("dec5b_conv", 0)):  # dec5a sees [upsampled (8), image (1)]
-        kernel = np.zeros(model.get_layer(name).kernel.shape, np.float32)
-        kernel[1, 1, source, 0] = 1.0
-        model.get_layer(name).kernel.assign(kernel)
-    head = model.get_layer("head")
-    kernel = np.zeros(head.kernel.shape, np.float32)
-    kernel[0, 0, 0, 0] = 40.0
-    head.kernel.assign(kernel)
-    head.bias.assign(np.array([-40.0 * 0.45], np.float32))  # probability = sigmoid(40 (image - 0.45))
-    return save_model(model, folder, META)
-
 
 def save_broken_model(folder):
     """A candidate that outputs foreground everywhere (today's failure, exaggerated)."""
