@@ -24,7 +24,7 @@ def serve_command(args) -> int:
     is not this nanoseg's, and pickles, are never run); the server process loads it from there.
     """
     from nanoseg.serving.pyfunc import servable_model
-    from nanoseg.tracking.runs import tracking_uri
+    from nanoseg.model_store import tracking_uri
 
     model = args.model or DEFAULT_MODEL
     uri = tracking_uri()

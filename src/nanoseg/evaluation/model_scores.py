@@ -83,15 +83,17 @@ def score_champion(params: dict, test: HeldOut, batch=None) -> dict | None:
     scored on ``test`` like any candidate: its version, tags and scores (None when there is no champion)."""
     import tempfile
 
-    from nanoseg import tracking
+    import mlflow
 
-    name, alias = tracking.REGISTERED_MODEL, tracking.CHAMPION
-    tracking.setup(params=params)
-    current = tracking.alias_version(alias, name)
+    from nanoseg import model_store
+
+    name, alias = model_store.REGISTERED_MODEL, model_store.CHAMPION
+    mlflow.set_tracking_uri(model_store.tracking_uri(params))
+    current = model_store.alias_version(alias, name)
     if current is None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        folder = tracking.download_model(f"models:/{name}/{current.version}", tmp)
+        folder = model_store.download_model(f"models:/{name}/{current.version}", tmp)
         res = score_model(folder, test, batch=batch)
     return {"version": str(current.version), "uri": f"models:/{name}/{current.version}",
             "tags": dict(current.tags or {}), "scores": numeric(res["scores"]), "settings": res["settings"],

@@ -1,7 +1,7 @@
 """Opening a model for inference: a saved folder or an MLflow model URI, with its settings.
 
 :func:`load_predictor` finds the model (:func:`model_folder`: a folder written by training, or a URI
-downloaded through :func:`nanoseg.tracking.registry.download_model`), loads it in the precision that is
+downloaded through :func:`nanoseg.model_store.download_model`), loads it in the precision that is
 fast on this machine and resolves its inference settings (:func:`resolve_settings`: defaults < the
 model's ``nanoseg.json`` < the caller's overrides; never a ``params.yaml`` of the working folder).
 """
@@ -55,9 +55,9 @@ def model_folder(model_ref) -> Path:
     ref = str(model_ref)
     if _URI.match(ref):
         try:
-            from nanoseg.tracking.registry import download_model
+            from nanoseg.model_store import download_model
         except ImportError as exc:
-            raise NanosegError(f"{ref}: MLflow model URIs need nanoseg.tracking and MLflow ({exc}); "
+            raise NanosegError(f"{ref}: MLflow model URIs need MLflow ({exc}); "
                                "pass a saved model folder instead.") from None
         return Path(download_model(ref))
     folder = Path(ref)
@@ -77,7 +77,7 @@ def load_predictor(model_ref, **overrides):
     model_ref : str or Path
         A folder written by :func:`nanoseg.model.network.save_model`, or an MLflow URI
         (``models:/nanoseg@champion``, ``runs:/<id>/model``, ...), downloaded
-        with :func:`nanoseg.tracking.download_model`.
+        with :func:`nanoseg.model_store.download_model`.
     **overrides
         ``tile, overlap, batch, tta, threshold, min_area_nm2, postprocess,
         precision`` ("auto": run the model in the policy that is fast on this

@@ -30,7 +30,7 @@ from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from nanoseg.config import store_root
 from nanoseg.errors import NanosegError, mask_secrets
 from nanoseg.serving.payload import ServerBusy, one_line
-from nanoseg.tracking.registry import REGISTERED_MODEL, download_pyfunc
+from nanoseg.model_store import REGISTERED_MODEL, download_pyfunc
 
 _logger = logging.getLogger("nanoseg.serving.server")
 

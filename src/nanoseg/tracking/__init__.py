@@ -2,8 +2,10 @@
 (:mod:`nanoseg.tracking.registry`), both re-exported here (``from nanoseg import tracking``;
 ``python -m nanoseg.tracking --uri`` prints the tracking URI).
 
-How the served model is logged and loaded is :mod:`nanoseg.serving.pyfunc`'s: tracking imports nothing
-above itself.
+Reading models from the store by URI is :mod:`nanoseg.model_store`'s, below every user of a model
+(inference, evaluation, serving); tracking builds on it and sits above them, so the one name it hands on
+from :mod:`nanoseg.serving.pyfunc` (``NanosegPyfunc``, for versions pickled before models from code) is
+no upward import.
 """
 
 import importlib

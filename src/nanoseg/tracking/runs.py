@@ -30,20 +30,9 @@ import yaml  # noqa: E402
 
 from nanoseg.config import store_root  # noqa: E402
 from nanoseg.errors import NanosegError, mask_secrets  # noqa: E402
+from nanoseg.model_store import store_dir, tracking_uri  # noqa: E402,F401
 
 EXPERIMENT = "nanoseg-bam-tio2"
-
-
-def store_dir() -> Path:
-    return store_root() / "mlruns"
-
-
-def tracking_uri(params: dict | None = None) -> str:
-    """The tracking URI: env ``MLFLOW_TRACKING_URI``, else params ``tracking.uri``, else the project's sqlite store."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or ((params or {}).get("tracking") or {}).get("uri")
-    if uri:
-        return uri
-    return f"sqlite:///{store_dir() / 'mlflow.db'}"
 
 
 def _check_writable(folder: Path) -> None:
