@@ -106,6 +106,8 @@ class AugmentSettings(Section):
     scale: Annotated[list[Positive], Field(min_length=2, max_length=2)] | None = None
     scale_p: Fraction = 0.5
     invert: Fraction = 0.0
+    lowres: Annotated[float, Field(ge=1)] | None = None
+    lowres_p: Fraction = 0.5
 
 
 class TrainSettings(Section):

@@ -197,3 +197,26 @@ def test_scale_and_inversion_augmentation():
     gen = random_crops([image], [target], 64, {"flips": False, "rot90": False, "invert": 1.0}, 0)
     x, y = next(gen)
     assert (x[..., 0][y[..., INTERIOR] > 0] < 0.5).all()  # particles dark, the target unchanged
+
+
+def test_lowres_augmentation_blurs_the_image_like_scale_auto():
+    """``lowres``: a crop degraded as an image of a lower magnification looks once --scale auto enlarged it
+    (the same resampling both ways); the target is the crop's own, untouched."""
+    from nanoseg.inference.rescale import resample_image
+    from nanoseg.model.input_pipeline import degraded
+
+    mask = many_touching_discs()
+    image = np.where(mask, 0.8, 0.2).astype(np.float32)
+    params = {"model": {"variant": "instance"}, "instance": {"head": "classes3", "loss": "wcce_dice"}}
+    target = training_targets(mask, params)
+    crop = image[:64, :64]
+    np.testing.assert_allclose(degraded(crop, 2.0), resample_image(resample_image(crop, 0.5), 2.0), atol=1e-5)
+    assert np.array_equal(degraded(crop, 1.0), crop)
+    plain = {"flips": False, "rot90": False, "brightness": 0, "contrast": 0}
+    sharp, blurred = (random_crops([image], [target], 64, {**plain, **extra}, 3)
+                      for extra in ({}, {"lowres": 2.0, "lowres_p": 1.0}))
+    for _ in range(5):
+        (x0, y0), (x1, y1) = next(sharp), next(blurred)
+        np.testing.assert_array_equal(y0, y1)  # same crops, same targets
+        edges = lambda x: np.abs(np.diff(x[..., 0], axis=1)).max()  # noqa: E731
+        assert edges(x1) < edges(x0) and ((x1[..., 0] > 0.5) == (x0[..., 0] > 0.5)).mean() > 0.9

@@ -18,6 +18,18 @@ def _zoom_window(rng, img, mask, crop: int, scale) -> tuple[np.ndarray, np.ndarr
     return img[r : r + size, c : c + size], mask[r : r + size, c : c + size], crop / size
 
 
+def degraded(x: np.ndarray, factor: float) -> np.ndarray:
+    """``x`` as an image taken at ``1 / factor`` of its magnification and enlarged back by ``--scale auto``:
+    shrunk by ``factor`` (anti-aliased), then enlarged to its own shape (bilinear), as
+    :func:`nanoseg.inference.rescale.resample_image` does both ways."""
+    from skimage.transform import resize
+
+    shape = x.shape[:2]
+    small = tuple(max(8, int(round(s / factor))) for s in shape)
+    x = resize(x, small, order=1, mode="reflect", anti_aliasing=True, preserve_range=True)
+    return resize(x, shape, order=1, mode="reflect", anti_aliasing=False, preserve_range=True).astype(np.float32)
+
+
 def random_crops(images, targets, crop: int, augment: dict, seed: int, masks=None, zoom_target=None):
     """Endless generator of augmented (image, target) crops, seeded.
 
@@ -25,7 +37,10 @@ def random_crops(images, targets, crop: int, augment: dict, seed: int, masks=Non
     in both directions); flips and 90-degree rotations act on image and target
     alike (pure index permutations, so 1-pixel lines in a target stay intact);
     brightness/contrast jitter and intensity inversion (``invert``: its
-    probability) act on the image only.
+    probability) act on the image only, and so does resolution degradation
+    (``lowres = F``: a share ``lowres_p`` of the crops is :func:`degraded` by a
+    factor log-uniform in 1..F, as an image taken at a lower magnification
+    looks after ``--scale auto`` enlarged it to the model's pixel size).
 
     Scale augmentation (``augment["scale"] = [lo, hi]``, applied to a share
     ``scale_p`` of the crops) needs ``masks`` and
@@ -45,6 +60,9 @@ def random_crops(images, targets, crop: int, augment: dict, seed: int, masks=Non
         raise NanosegError("train.augment.scale needs the manual masks and a target maker (nanoseg.model.training.fit).")
     scale_p = float(augment["scale_p"]) if scale else 0.0
     invert = float(augment["invert"])
+    lowres = float(augment["lowres"] or 1.0)
+    lowres_p = float(augment["lowres_p"]) if lowres > 1.0 else 0.0
+    lowres_rng = np.random.default_rng([seed, 1])  # its own stream: the crops are those of the same seed without it
     while True:
         i = int(rng.integers(n))
         img, tgt = images[i], targets[i]
@@ -60,6 +78,8 @@ def random_crops(images, targets, crop: int, augment: dict, seed: int, masks=Non
             c = int(rng.integers(w - crop + 1))
             x = img[r : r + crop, c : c + crop]
             y = tgt[r : r + crop, c : c + crop]
+        if lowres_p and lowres_rng.random() < lowres_p:
+            x = degraded(x, float(np.exp(lowres_rng.uniform(0.0, np.log(lowres)))))
         if augment["flips"]:
             if rng.random() < 0.5:
                 x, y = x[:, ::-1], y[:, ::-1]
