@@ -58,6 +58,7 @@ def fold_rows(cv: dict, folds: list[int]) -> dict:
     out = {k: float(np.mean([r[k] for r in rows])) for k in KEYS}
     out.update({k: float(np.sum([r[k] for r in rows])) for k in ERRORS})
     out["decoders"] = [cv["per_fold_own"][str(k)]["postprocess"] for k in folds]
+    out["thresholds"] = [cv["per_fold_own"][str(k)]["threshold"] for k in folds]
     out["steps_done"] = [cv["steps_done"][k] for k in folds] if len(cv.get("steps_done", [])) > max(folds) else None
     return out
 
