@@ -1,7 +1,7 @@
 # nanoseg: two commands for a fresh machine.
 #   make run    create .venv, install the pinned stack, import the dataset (DVC), run `dvc repro`
 #   make test   create .venv, install, run the test suite
-# Other targets: install, java, data, ui, tune, serve, screenshot, s3-up, s3-down, bench, clean-venv.
+# Other targets: install, java, data, ui, tune, serve, screenshot, s3-up, s3-down, bench, peers, clean-venv.
 # The Docker image runs the same targets (Dockerfile): `make install` at build time, `make run` / `make serve`.
 
 SHELL := /bin/bash
@@ -29,7 +29,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: run test install java data ui tune serve screenshot s3-up s3-down bench clean-venv
+.PHONY: run test install java data ui tune serve screenshot s3-up s3-down bench peers clean-venv
 
 install: $(STAMP)
 
@@ -86,6 +86,10 @@ s3-down:
 
 bench: install
 	python bench/predict_speed.py
+
+# the StarDist peer row of the README (bench/stardist_peer.py): pyproject's optional extra `peers`
+peers: install
+	python -m pip install -q -e '.[peers]'
 
 clean-venv:
 	rm -rf $(VENV)
