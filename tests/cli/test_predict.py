@@ -121,9 +121,9 @@ def test_load_predictor_settings_and_uri(tmp_path, monkeypatch):
     assert meta["postprocess"]["split"] is True and meta["postprocess"]["min_area_nm2"] == 50.0
     assert load_predictor(folder, threshold=0.7)[1]["threshold"] == 0.7
 
-    import nanoseg.tracking.registry
+    import nanoseg.model_store
 
-    monkeypatch.setattr(nanoseg.tracking.registry, "download_model", lambda uri: folder)
+    monkeypatch.setattr(nanoseg.model_store, "download_model", lambda uri: folder)
     assert load_predictor("models:/nanoseg@champion")[1]["model_ref"] == "models:/nanoseg@champion"
     with pytest.raises(NanosegError, match="no such model folder"):
         load_predictor(tmp_path / "nothing")

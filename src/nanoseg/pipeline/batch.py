@@ -203,7 +203,7 @@ def model_folder(ref: str, tmp: Path) -> Path:
     """A local folder holding the model (``nanoseg.json`` + ``model.keras``): ``ref`` itself, or the MLflow
     model ``ref`` downloaded into ``tmp``."""
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", ref):
-        from nanoseg.tracking.registry import download_model
+        from nanoseg.model_store import download_model
 
         return Path(download_model(ref, tmp))
     folder = Path(ref)

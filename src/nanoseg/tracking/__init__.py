@@ -1,5 +1,5 @@
-"""Experiment tracking (MLflow): runs (:mod:`nanoseg.tracking.runs`) and the model registry
-(:mod:`nanoseg.tracking.registry`), both re-exported here (``from nanoseg import tracking``;
+"""Experiment tracking (MLflow): runs (:mod:`nanoseg.tracking.runs`), the model registry
+(:mod:`nanoseg.tracking.registry`) and the store's readers (:mod:`nanoseg.model_store`), all re-exported here (``from nanoseg import tracking``;
 ``python -m nanoseg.tracking --uri`` prints the tracking URI).
 
 Reading models from the store by URI is :mod:`nanoseg.model_store`'s, below every user of a model
@@ -10,14 +10,15 @@ no upward import.
 
 import importlib
 
-from nanoseg.tracking.registry import (  # noqa: F401
-    CHAMPION, REGISTERED_MODEL, alias_version, check_model_uri, download_model, download_pyfunc,
-    set_alias, set_version_tags,
+from nanoseg.model_store import (  # noqa: F401
+    CHAMPION, REGISTERED_MODEL, alias_version, check_model_uri, download_model, download_pyfunc, store_dir,
+    tracking_uri,
 )
+from nanoseg.tracking.registry import set_alias, set_version_tags  # noqa: F401
 from nanoseg.tracking.runs import (  # noqa: F401
     COMPARE_METRICS, COMPARE_PARAMS, EXPERIMENT, compare_metrics, compare_params, end_run,
     log_artifact, log_dict, log_metrics, log_params, log_to_run, main, run_status, run_tags,
-    set_tags, setup, start_run, store_dir, tracking_uri,
+    set_tags, setup, start_run,
 )
 
 

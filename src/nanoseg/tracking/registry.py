@@ -1,7 +1,7 @@
 """The model registry, written: tags and aliases of the registered model ``nanoseg``'s versions.
 
 Reading models by URI (``models:/nanoseg@champion``, ``runs:/...``), the registered name and the alias are
-:mod:`nanoseg.model_store`'s (re-exported here); how the served model is logged (its code, signature,
+:mod:`nanoseg.model_store`'s; how the served model is logged (its code, signature,
 requirements) is :mod:`nanoseg.serving.pyfunc`'s.
 """
 
@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import mlflow
 
-from nanoseg.model_store import (  # noqa: F401
-    CHAMPION, REGISTERED_MODEL, alias_version, check_model_uri, download_model, download_pyfunc,
-)
+from nanoseg.model_store import CHAMPION, REGISTERED_MODEL
 
 
 def set_version_tags(version: str, tags: dict, name: str = REGISTERED_MODEL) -> None:

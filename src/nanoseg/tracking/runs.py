@@ -30,7 +30,7 @@ import yaml  # noqa: E402
 
 from nanoseg.config import store_root  # noqa: E402
 from nanoseg.errors import NanosegError, mask_secrets  # noqa: E402
-from nanoseg.model_store import store_dir, tracking_uri  # noqa: E402,F401
+from nanoseg.model_store import tracking_uri  # noqa: E402
 
 EXPERIMENT = "nanoseg-bam-tio2"
 
