@@ -2,11 +2,10 @@
 (top-level, inside a function, or by name through ``importlib.import_module``) goes to a lower layer or stays
 inside its own unit, so there are no upward imports and no import cycles between units."""
 
-import ast
 from pathlib import Path
 
 import nanoseg
-from nanoseg.codehash import module_file
+from nanoseg.codehash import imports
 
 ROOT = Path(nanoseg.__file__).resolve().parent
 
@@ -32,26 +31,11 @@ def unit(module: str) -> str:
     return parts[1] if len(parts) > 1 else "__init__"
 
 
-def imported(path: Path) -> set[str]:
-    """nanoseg modules that ``path`` names in an import statement or an ``import_module("...")`` call."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found.update(f"{node.module}.{a.name}" for a in node.names if module_file(f"{node.module}.{a.name}"))
-        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == \
-                "import_module" and node.args and isinstance(node.args[0], ast.Constant):
-            found.add(str(node.args[0].value))
-    return {m for m in found if m.split(".")[0] == "nanoseg" and m != "nanoseg"}
-
-
 def edges():
     """(importer, imported) for every import between two units."""
     for path in sorted(ROOT.rglob("*.py")):
         module = ".".join(("nanoseg",) + path.relative_to(ROOT).with_suffix("").parts)
-        for target in imported(path):
+        for target in imports(path, by_name=True):
             if unit(target) != unit(module):
                 yield module, target
 

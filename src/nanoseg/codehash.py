@@ -3,9 +3,11 @@
 The closure follows every ``import nanoseg...`` / ``from nanoseg... import ...`` in
 the package's source, including imports inside functions (nanoseg imports heavy
 modules lazily), and the ``__init__.py`` of every package on the way (importing
-``nanoseg.io.micrograph`` runs ``nanoseg/io/__init__.py`` first), so it is what the code can run, not what one call happens to
-touch. Used for resume keys (a fold trained by other training code is trained
-again) and by the test that checks ``dvc.yaml`` deps against the import graph.
+``nanoseg.io.micrograph`` runs ``nanoseg/io/__init__.py`` first), so it is what
+the code can run, not what one call happens to touch. Used for resume keys (a
+fold trained by other training code is trained again) and by the test that checks
+``dvc.yaml`` deps against the import graph. :func:`imports` also serves the
+layering test.
 """
 
 from __future__ import annotations
@@ -30,17 +32,24 @@ def module_file(name: str) -> Path | None:
     return None
 
 
-def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
+def imports(path: Path, by_name: bool = False) -> set[str]:
+    """nanoseg modules that ``path`` imports in ``import`` / ``from ... import`` statements (anywhere, also
+    inside functions); with ``by_name`` also those named in ``importlib.import_module("nanoseg...")`` calls.
+
+    :func:`closure` leaves the by-name imports out: they load on demand (the command table of
+    :mod:`nanoseg.cli`, the compatibility name of :mod:`nanoseg.tracking` for pickled model versions), not on
+    the path a stage runs. The layering test (tests/test_layers.py) counts them too."""
     found = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.split(".")[0] == PACKAGE)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
-                and node.module.split(".")[0] == PACKAGE:
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
             found.update(f"{node.module}.{a.name}" for a in node.names if module_file(f"{node.module}.{a.name}"))
-    return found
+        elif by_name and isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == \
+                "import_module" and node.args and isinstance(node.args[0], ast.Constant):
+            found.add(str(node.args[0].value))
+    return {m for m in found if m.split(".")[0] == PACKAGE and m != PACKAGE}
 
 
 def closure(modules) -> list[Path]:
@@ -52,7 +61,7 @@ def closure(modules) -> list[Path]:
         if path is None or name in seen:
             continue
         seen[name] = path
-        todo.extend(_imports(path))
+        todo.extend(imports(path))
         todo.extend(".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1))  # packages run first
     return sorted(set(seen.values()))
 
