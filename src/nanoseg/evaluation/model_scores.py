@@ -16,11 +16,12 @@ from nanoseg.data.heldout import HeldOut
 
 
 def score_model(folder, test: HeldOut, batch: int | None = None, scale="auto", polarity="auto",
-                clean_min_px: int | None = None) -> dict:
+                clean_min_px: int | None = None, tta: bool | None = None) -> dict:
     """Score the model in ``folder`` on ``test`` with its own settings (as ``nanoseg predict`` runs it).
 
     ``scale`` and ``polarity`` are ``nanoseg predict``'s ``--scale`` and ``--polarity`` (default auto);
-    ``clean_min_px`` the smallest ``clean`` instance (:func:`nanoseg.evaluation.scoring.score`).
+    ``clean_min_px`` the smallest ``clean`` instance (:func:`nanoseg.evaluation.scoring.score`);
+    ``tta`` ``nanoseg predict --tta`` (None: the model's default, no TTA).
 
     Returns
     -------
@@ -33,7 +34,7 @@ def score_model(folder, test: HeldOut, batch: int | None = None, scale="auto", p
     from nanoseg.inference.analyze import infer
     from nanoseg.inference.loading import load_predictor
 
-    predictor, settings = load_predictor(str(folder), batch=batch)
+    predictor, settings = load_predictor(str(folder), batch=batch, tta=tta)
     threshold, post = settings["threshold"], settings["postprocess"]
     start = time.perf_counter()
     probs, segs = [], []
