@@ -129,6 +129,7 @@ class TrainSettings(Section):
     lr_final_factor: Annotated[float, Field(gt=0, le=0.1)] = 0.05
     max_minutes_per_fold: Positive | None = 8
     final_max_minutes: Positive | None = 12
+    warn_below_steps: PositiveInt | None = 300
     candidate: Literal["ensemble", "best_fold", "final"] = "ensemble"
     final_val_fold: int = -1
 

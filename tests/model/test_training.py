@@ -150,3 +150,19 @@ def test_nan_loss_removes_the_backup(smoke_params, tmp_path):
         fit([np.full_like(im, np.nan) for im in imgs], masks, None, None, smoke_params,
             backup=Backup(tmp_path / "backup", "k"))
     assert not (tmp_path / "backup").exists()
+
+
+def test_time_budget_stop_is_counted_and_warned(smoke_params):
+    """A fold stopped by its time budget after fewer steps than train.warn_below_steps gets a warning."""
+    from nanoseg.model.training import budget_warning
+
+    imgs, masks = _data()
+    smoke_params["train"].update(epochs=5, max_minutes_per_fold=1e-6)  # the budget ends after the first epoch
+    _, _, info = fit(imgs, masks, None, None, smoke_params)
+    assert info["stopped_for_time"] and info["epochs_run"] == 1 and info["steps_done"] == 2
+    warning = budget_warning(info, 300, "fold 2")
+    assert warning.startswith("fold 2: the time budget ended training after 2 optimiser steps")
+    assert "warn_below_steps = 300" in warning and "max_minutes_per_fold" in warning and "\n" not in warning
+    assert budget_warning(info, 2, "fold 2") is None  # enough steps
+    assert budget_warning(info, None, "fold 2") is None  # warnings off
+    assert budget_warning({**info, "stopped_for_time": False}, 300, "fold 2") is None  # ended by epochs / early stop

@@ -130,9 +130,10 @@ def _callbacks(keras, patience, max_minutes, log, epoch_offset=0, monitor="val_l
             print(f"  {label} epoch {epoch + 1}: {shown} ({Clock.minutes():.1f} min)", flush=True)
 
     budget = TimeBudget()
-    cbs = [budget, keras.callbacks.TerminateOnNaN()]
+    cbs = [keras.callbacks.TerminateOnNaN()]
     if lr0 is not None:
         cbs.append(CosineSchedule())
+    cbs.append(budget)  # after the schedule, which may stop on the same clock: the stop is then still counted
     early = None
     if patience:
         early = EarlyStopping(monitor=monitor, patience=int(patience), restore_best_weights=True, mode="min",
@@ -333,6 +334,24 @@ def fit(train_images, train_masks, val_images, val_masks, params: dict, log=None
                             "steps_per_epoch": int(steps), "steps_done": epochs_run * int(steps),
                             "lr_final": history.get("learning_rate", [float(t["lr"])])[-1],
                             "restored_best": val is not None and bool(t["patience"]), "cpu": cpu_model()}
+
+
+def budget_warning(info: dict, min_steps, label: str) -> str | None:
+    """A one-paragraph warning when training ended on its time budget after fewer than ``min_steps``
+    optimiser steps (``train.warn_below_steps``; None: never), else None.
+
+    A wall-clock budget gives a slower CPU fewer steps: the model is then under-trained on this machine,
+    and scores below results obtained with more steps, with nothing else to say so.
+    """
+    if not min_steps or not info.get("stopped_for_time") or int(info["steps_done"]) >= int(min_steps):
+        return None
+    per_step = float(info["seconds"]) / max(1, int(info["steps_done"]))
+    return (f"{label}: the time budget ended training after {info['steps_done']} optimiser steps "
+            f"({per_step:.1f} s per step on {info.get('cpu', 'this CPU')}), fewer than train.warn_below_steps = "
+            f"{min_steps}. The model is under-trained on this machine and will score below results trained "
+            "with more steps (the README's cpu-profile results had 425-500 per fold). Give it more time "
+            "(e.g. dvc exp run -S train.max_minutes_per_fold=40 -S train.final_max_minutes=60) or a budget in "
+            "steps (train.epochs with train.max_minutes_per_fold: null).")
 
 
 def best_epoch_of(val_loss, epochs_run: int) -> int:

@@ -39,8 +39,8 @@ INFERENCE_CODE = ("nanoseg.inference.tiling",)
 INFERENCE_FILES = ("inference/predictor.py",)  # Predictor lives in inference/predictor.py, whose command imports half the package
 
 
-#: ``train`` settings that choose what is published, not how a fold trains (left out of the key)
-PUBLISH_ONLY = ("candidate", "final_val_fold")
+#: ``train`` settings that choose what is published or when to warn, not how a fold trains (left out of the key)
+PUBLISH_ONLY = ("candidate", "final_val_fold", "warn_below_steps")
 #: ``instance`` settings of the decoder grid, searched on the validation maps after training (left out of the key)
 DECODE_ONLY = ("marker_grid", "min_marker_grid")
 
@@ -258,6 +258,7 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
     from nanoseg.evaluation.metrics import PIXEL_METRICS, choose_threshold, summarize_folds
     from nanoseg.report.plots import error_bars, error_overlay, metric_bars
     from nanoseg.machine import cpu_model
+    from nanoseg.model.training import budget_warning
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -336,6 +337,12 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
         tracking.log_artifact(error_bars(errors, resolve(params, "plots/cv_summary/errors.png"),
                                          title=f"{len(folds)}-fold CV, all validation images"), "plots")
         best_epochs = [r["best_epoch"] for r in results]
+        min_steps = params["train"].get("warn_below_steps")
+        short = [r for r in results if budget_warning(r, min_steps, "")]
+        warnings = [budget_warning(r, min_steps, f"fold {r['fold']}") for r in short]
+        if short:  # a slow CPU under a wall-clock budget: say so wherever the CV's numbers are read
+            tracking.set_tags({"warning": "under-trained: " + ", ".join(
+                f"fold {r['fold']} {r['steps_done']} steps" for r in short) + " (metrics/cv.json warnings)"})
         cv = {
             "threshold": threshold,
             "folds": len(folds),
@@ -352,6 +359,7 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
             "per_fold": {str(k): m for k, m in enumerate(per_fold)},
             "per_fold_own": own,
             "errors": errors,
+            "warnings": warnings,
         }
         tracking.log_metrics({k: v for k, v in cv.items() if isinstance(v, (int, float))})
         tracking.log_metrics(tracking.compare_metrics(cv, "val_"))  # fold means under the fold runs' names

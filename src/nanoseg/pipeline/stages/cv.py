@@ -1,5 +1,7 @@
 """Stage ``cv``: K-fold cross-validation of the model, every fold a nested MLflow run."""
 
+import sys
+
 from nanoseg.atomic import write_json
 from nanoseg.config import load_params, resolve
 from nanoseg.pipeline.crossval import run_cv
@@ -16,6 +18,8 @@ def command(args=None) -> int:
     write_json(out, cv)
     print(f"cv: Dice {cv['dice_mean']:.3f} ± {cv['dice_std']:.3f}, IoU {cv['iou_mean']:.3f} ± {cv['iou_std']:.3f}, "
           f"threshold {cv['threshold']:.2f} -> metrics/cv.json")
+    for warning in cv["warnings"]:
+        print(f"WARNING {warning}", file=sys.stderr)
     return 0
 
 

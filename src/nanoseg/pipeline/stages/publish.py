@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 from nanoseg.atomic import write_json
 from nanoseg.config import PublishSettings, check, load_params, resolve
@@ -210,6 +211,9 @@ def publish(params: dict) -> dict:
             "params": json.dumps(settings, default=str)[:5000],
             "validation": "passed" if passed else "failed", "validation_reasons": reasons[:5000],
             **{f"test_{k}": v for k, v in test.items()}, **_cv_tags(cv)}
+    warnings = list(cv.get("warnings") or []) + list(meta.get("warnings") or [])  # under-trained on a slow CPU
+    if warnings:
+        tags["warnings"] = " | ".join(warnings)[:5000]
     with tracking.start_run(f"publish-{variant}-{profile}",
                             tags={"stage": "publish", "variant": variant, "profile": profile}) as run:
         tracking.log_metrics({f"test_{k}": v for k, v in test.items()})
@@ -230,7 +234,7 @@ def publish(params: dict) -> dict:
               "candidate": {"kind": meta.get("candidate"), "profile": profile, "test": test,
                             "cv": {k: v for k, v in cv.items() if k.endswith("_mean") or k.endswith("_std")},
                             "seconds_per_image": result.get("seconds_per_image")},
-              "model_uri": f"models:/{name}/{version}", "run_id": run.info.run_id}
+              "model_uri": f"models:/{name}/{version}", "run_id": run.info.run_id, "warnings": warnings}
     out = resolve(params, OUT)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, record, default=str)
@@ -246,6 +250,8 @@ def command(args=None) -> int:
               f"models:/{r['name']}@{r['alias']}")
     else:
         print(_paragraph(r))
+    for warning in r["warnings"]:
+        print(f"WARNING publish: version {r['version']} (tag `warnings`): {warning}", file=sys.stderr)
     return 0
 
 

@@ -14,6 +14,7 @@ Writes ``models/final/`` (model.keras + nanoseg.json; DVC-cached, not in git) an
 import gc
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def train_final(params: dict, manifest, split: dict, cv: dict, out, run_id: str)
     from nanoseg.report.plots import learning_curves
     from nanoseg.postprocess.decode import foreground_probability
     from nanoseg.model.targets import instance_settings
-    from nanoseg.model.training import fit
+    from nanoseg.model.training import budget_warning, fit
 
     t = params["train"]
     k = int(t["final_val_fold"]) % len(split["folds"])
@@ -73,6 +74,11 @@ def train_final(params: dict, manifest, split: dict, cv: dict, out, run_id: str)
             "training_scale": training_scale(masks, pixel_sizes(manifest, train)),
             "tuned_on": f"{len(val)} held-back training images (validation images of fold {k})",
             "mlflow_run_id": run_id, **info}
+    warning = budget_warning(info, t.get("warn_below_steps"), "final model")
+    if warning:
+        print(f"WARNING {warning}", file=sys.stderr)
+        tracking.set_tags({"warning": f"under-trained: final model {info['steps_done']} steps"})
+        meta["warnings"] = [warning]
     if params["model"]["variant"] == "instance":
         meta["instance"] = instance_settings(params)
     save_model(model, out, meta)
