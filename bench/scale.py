@@ -93,6 +93,7 @@ def main() -> int:
     ap.add_argument("--modes", default="auto,off")
     ap.add_argument("--inverted", default="1", help="zooms at which inverted copies are scored too ('' = none)")
     ap.add_argument("--oracle", type=int, default=1, help="score the oracle rows (1) or not (0)")
+    ap.add_argument("--tta", type=int, default=0, help="1: the models run with --tta (rows named MODEL+tta)")
     ap.add_argument("--name", default="scale")
     args = ap.parse_args()
     params = load_params(ROOT / "params.yaml")
@@ -117,7 +118,9 @@ def main() -> int:
             if name == ORACLE:
                 res = {"scores": oracle_scores(native, test, factor), "seconds_per_image": 0.0}
             else:
-                res = score_model(resolve(params, folder), test, scale=mode, clean_min_px=round(20 * factor**2))
+                res = score_model(resolve(params, folder), test, scale=mode, clean_min_px=round(20 * factor**2),
+                                  tta=bool(args.tta))
+                name = f"{name}+tta" if args.tta else name
             s = res["scores"]
             row = {"key": f"{name}|{mode}|{factor:g}|{contrast}", "model": name, "folder": folder, "scale": mode,
                    "factor": factor, "contrast": contrast, **{k: float(s[k]) for k in KEYS},
