@@ -11,7 +11,8 @@ path) with and without ``--tta``, each with the settings tuned on validation for
 
     python bench/tta.py --cv bench/.work/lowres/none/cv --name tta
 
-Writes bench/results/<name>.json and <name>.md (machine and date in the file).
+Writes bench/results/<name>.json and <name>.md (machine and date in the file; ``--table`` writes the .md again
+from the .json).
 """
 
 from __future__ import annotations
@@ -74,6 +75,37 @@ def own_folder(model_dir: Path, dest: Path, threshold: float, post: dict) -> Pat
     return dest
 
 
+def render(record: dict) -> str:
+    """The Markdown table of a run (bench/results/<name>.md) from its JSON record."""
+    lines = [f"### Flip/rotation TTA of the separation map ({record['date']}, {record['machine']}; fold models of "
+             f"`{record['cv']}`)", "",
+             "Views averaged: 1 = no TTA, 2 = + horizontal flip, 4 = the four flips, 8 = the dihedral group "
+             "(`--tta`). Threshold and decoder tuned per fold and view set on the fold's validation images; "
+             "test rows: `nanoseg predict`'s path with those settings (marker threshold / smallest marker in px). Error counts: unmatched clean manual "
+             "particles (merged / split / missed / outline) and unmatched predictions (spurious / fragment).", "",
+             "| fold | images | views | clean F1@0.5 | F1@0.75 | PQ | median ECD | matched bias | Dice | merged | split "
+             "| missed | outline | spurious | fragment | marker thr. / min px | s/image |",
+             "|" + "---|" * 17]
+    for r in record['rows']:
+        lines.append(
+            f"| {r['fold']} | {r['images']} | {r['views']} | {r['f1_50_clean']:.3f} | {r['f1_75_clean']:.3f} "
+            f"| {r['pq_clean']:.3f} | {r['median_ecd_rel_error_clean']:+.1%} | {r['matched_ecd_bias']:+.1%} "
+            f"| {r['dice']:.3f} | " + " | ".join(f"{r[e]:.0f}" for e in KEYS[6:])
+            + f" | {r['decoder'].get('marker_threshold', '')} / {r['decoder'].get('min_marker_px', '')} "
+            f"| {r['s_per_image']:.1f} |")
+    for images in ("validation", "test"):
+        for name in SETS:
+            sel = [r for r in record['rows'] if r["images"] == images and r["views"] == int(name)]
+            if sel:
+                lines.append(f"| mean | {images} | {name} | " + f"{np.mean([r['f1_50_clean'] for r in sel]):.3f} | "
+                             f"{np.mean([r['f1_75_clean'] for r in sel]):.3f} | {np.mean([r['pq_clean'] for r in sel]):.3f} | "
+                             f"{np.mean([r['median_ecd_rel_error_clean'] for r in sel]):+.1%} | "
+                             f"{np.mean([r['matched_ecd_bias'] for r in sel]):+.1%} | "
+                             f"{np.mean([r['dice'] for r in sel]):.3f} | "
+                             + " | ".join(f"{np.sum([r[e] for r in sel]):.0f}" for e in KEYS[6:]) + " | | |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     sys.path.insert(0, str(ROOT / "src"))
     from nanoseg.config import load_params, resolve
@@ -87,7 +119,12 @@ def main() -> int:
     ap.add_argument("--cv", default="cv", help="a cross-validation folder with fold_<k>/model and result.json")
     ap.add_argument("--test", type=int, default=1, help="score the test images too (1) or not (0)")
     ap.add_argument("--name", default="tta")
+    ap.add_argument("--table", action="store_true", help="only write <name>.md again from <name>.json")
     args = ap.parse_args()
+    if args.table:
+        record = json.loads((ROOT / f"bench/results/{args.name}.json").read_text())
+        (ROOT / f"bench/results/{args.name}.md").write_text(render(record))
+        return 0
     params = load_params(ROOT / "params.yaml")
     manifest, split = read_prepared(resolve(params, "prepared"))
     cv = (ROOT / args.cv).resolve()
@@ -128,32 +165,8 @@ def main() -> int:
     date = datetime.date.today().isoformat()
     record = {"date": date, "machine": machine, "cv": args.cv, "rows": rows}
     (ROOT / f"bench/results/{args.name}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-    lines = [f"### Flip/rotation TTA of the separation map ({date}, {machine}; fold models of `{args.cv}`)", "",
-             "Views averaged: 1 = no TTA, 2 = + horizontal flip, 4 = the four flips, 8 = the dihedral group "
-             "(`--tta`). Threshold and decoder tuned per fold and view set on the fold's validation images; "
-             "test rows: `nanoseg predict`'s path with those settings. Error counts: unmatched clean manual "
-             "particles (merged / split / missed / outline) and unmatched predictions (spurious / fragment).", "",
-             "| fold | images | views | clean F1@0.5 | F1@0.75 | PQ | median ECD | matched bias | Dice | merged | split "
-             "| missed | outline | spurious | fragment | marker thr. | s/image |",
-             "|" + "---|" * 17]
-    for r in rows:
-        lines.append(
-            f"| {r['fold']} | {r['images']} | {r['views']} | {r['f1_50_clean']:.3f} | {r['f1_75_clean']:.3f} "
-            f"| {r['pq_clean']:.3f} | {r['median_ecd_rel_error_clean']:+.1%} | {r['matched_ecd_bias']:+.1%} "
-            f"| {r['dice']:.3f} | " + " | ".join(f"{r[e]:.0f}" for e in KEYS[6:])
-            + f" | {r['decoder'].get('marker_threshold', '')} | {r['s_per_image']:.1f} |")
-    for images in ("validation", "test"):
-        for name in SETS:
-            sel = [r for r in rows if r["images"] == images and r["views"] == int(name)]
-            if sel:
-                lines.append(f"| mean | {images} | {name} | " + f"{np.mean([r['f1_50_clean'] for r in sel]):.3f} | "
-                             f"{np.mean([r['f1_75_clean'] for r in sel]):.3f} | {np.mean([r['pq_clean'] for r in sel]):.3f} | "
-                             f"{np.mean([r['median_ecd_rel_error_clean'] for r in sel]):+.1%} | "
-                             f"{np.mean([r['matched_ecd_bias'] for r in sel]):+.1%} | "
-                             f"{np.mean([r['dice'] for r in sel]):.3f} | "
-                             + " | ".join(f"{np.sum([r[e] for r in sel]):.0f}" for e in KEYS[6:]) + " | | |")
-    (ROOT / f"bench/results/{args.name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    (ROOT / f"bench/results/{args.name}.md").write_text(render(record))
+    print(render(record))
     return 0
 
 
