@@ -338,11 +338,11 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
                                          title=f"{len(folds)}-fold CV, all validation images"), "plots")
         best_epochs = [r["best_epoch"] for r in results]
         min_steps = params["train"].get("warn_below_steps")
-        short = [r for r in results if budget_warning(r, min_steps, "")]
-        warnings = [budget_warning(r, min_steps, f"fold {r['fold']}") for r in short]
+        short = [(r, w) for r in results if (w := budget_warning(r, min_steps, f"fold {r['fold']}"))]
+        warnings = [w for _, w in short]
         if short:  # a slow CPU under a wall-clock budget: say so wherever the CV's numbers are read
             tracking.set_tags({"warning": "under-trained: " + ", ".join(
-                f"fold {r['fold']} {r['steps_done']} steps" for r in short) + " (metrics/cv.json warnings)"})
+                f"fold {r['fold']} {r['steps_done']} steps" for r, _ in short) + " (metrics/cv.json warnings)"})
         cv = {
             "threshold": threshold,
             "folds": len(folds),
