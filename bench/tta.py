@@ -50,19 +50,6 @@ def views(predictor, image) -> dict:
     return out
 
 
-def tuned(masks, probs, pxs, params, px):
-    """Threshold and decoder tuned on these validation images, and the scores they give there."""
-    from nanoseg.evaluation.metrics import choose_threshold
-    from nanoseg.evaluation.scoring import score
-    from nanoseg.pipeline.crossval import choose_postprocess
-    from nanoseg.postprocess.decode import foreground_probability, segment
-
-    t = float(choose_threshold(masks, [foreground_probability(p) for p in probs]))
-    post = choose_postprocess(masks, probs, t, params, px)
-    labels = [segment(p, t, post, p_px)[1] for p, p_px in zip(probs, pxs)]
-    return t, post, score(masks, probs, labels, pxs, threshold=t)
-
-
 def own_folder(model_dir: Path, dest: Path, threshold: float, post: dict) -> Path:
     """A model folder that shares ``model_dir``'s weights and carries ``threshold`` and ``post``."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -114,6 +101,7 @@ def main() -> int:
     from nanoseg.evaluation.model_scores import score_model
     from nanoseg.inference.loading import load_predictor
     from nanoseg.machine import cpu_model
+    from nanoseg.pipeline.crossval import tune_own
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cv", default="cv", help="a cross-validation folder with fold_<k>/model and result.json")
@@ -144,7 +132,8 @@ def main() -> int:
         print(f"fold {k}: {len(images)} validation images x {len(VIEWS)} views, {view_s:.2f} s per view", flush=True)
         for name, chosen in SETS.items():
             probs = [np.mean([m[v] for v in chosen], axis=0) for m in maps]
-            t, post, s = tuned(masks, probs, pxs, params, px)
+            own = tune_own(masks, probs, pxs, params, px)
+            t, post, s = own["threshold"], own["postprocess"], own["scores"]
             row = {"fold": k, "views": int(name), "images": "validation", "threshold": t,
                    "decoder": {kk: post[kk] for kk in ("marker_threshold", "min_marker_px") if kk in post},
                    "s_per_image": view_s * len(chosen), **{kk: float(s[kk]) for kk in KEYS}}

@@ -218,6 +218,21 @@ def choose_instance_postprocess(truths, probs, threshold: float, params: dict, p
             "val_f1_50": float(best["f1_50"]), "val_f1_50_clean": float(best["f1_50_clean"])}
 
 
+def tune_own(truths, probs, pixel_sizes_nm, params: dict, pixel_size_nm) -> dict:
+    """One model's own decision threshold and post-processing, tuned on its validation images ``truths`` /
+    ``probs`` (each with its pixel size in ``pixel_sizes_nm``; ``pixel_size_nm`` sets the grid's minimum area),
+    and the scores they give there: ``{"threshold", "postprocess", "scores"}`` (a fold's ``per_fold_own``)."""
+    from nanoseg.evaluation.metrics import choose_threshold
+    from nanoseg.evaluation.scoring import score
+    from nanoseg.postprocess.decode import segment
+
+    threshold = float(choose_threshold(truths, [foreground_probability(p) for p in probs]))
+    post = choose_postprocess(truths, probs, threshold, params, pixel_size_nm)
+    labels = [segment(p, threshold, post, px)[1] for p, px in zip(probs, pixel_sizes_nm)]
+    return {"threshold": threshold, "postprocess": post,
+            "scores": score(truths, probs, labels, pixel_sizes_nm, threshold=threshold)}
+
+
 def finished_fold(fold_dir: Path, key: str) -> dict | None:
     """The fold's ``result.json`` when it was trained with the same settings, data and training code."""
     f = fold_dir / "result.json"
@@ -322,11 +337,7 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
                                 artifacts=overlays, artifact_path="overlays")
             # the fold model on its own: threshold and post-processing tuned on its validation images only
             # (what the `best_fold` publishing candidate carries)
-            t_k = float(choose_threshold(masks, [foreground_probability(pk) for pk in p]))
-            post_k = choose_postprocess(masks, p, t_k, params, px)
-            segs_k = [segment(pk, t_k, post_k, pk_px) for pk, pk_px in zip(p, pxs)]
-            own[str(k)] = {"threshold": t_k, "postprocess": post_k,
-                           "scores": score(masks, p, [lab for _, lab in segs_k], pxs, threshold=t_k)}
+            own[str(k)] = tune_own(masks, p, pxs, params, px)
         summary = summarize_folds(per_fold)
         stats = {n: {"mean": summary[n]["mean"], "std": summary[n]["std"]} for n in PIXEL_METRICS}
         bars = metric_bars(stats, resolve(params, "plots/cv_summary/metrics_mean_std.png"), list(PIXEL_METRICS),
