@@ -48,6 +48,8 @@ CANDIDATES = {
     # issue 15: images of a lower magnification are enlarged by --scale auto, so the model sees them blurred
     "lowres_aug": {"train": {"augment": {"lowres": 2.0, "lowres_p": 0.5}}},
     "lowres_p25": {"train": {"augment": {"lowres": 2.0, "lowres_p": 0.25}}},  # half the share: keep native?
+    # issue 14: HoVer-Net horizontal/vertical maps beside the 3 classes; the decoder cuts seeds where they jump
+    "hover": {"instance": {"head": "classes3_hv"}},
 }
 KEYS = ("dice", "f1_50_clean", "f1_75_clean", "pq_clean", "median_ecd_rel_error_clean", "matched_ecd_bias")
 ERRORS = ("err_merged", "err_split", "err_missed", "err_outline", "err_pred_spurious")

@@ -41,12 +41,13 @@ KEYS = ("dice", "f1_50_clean", "f1_75_clean", "pq_clean", "median_ecd_rel_error_
 
 def views(predictor, image) -> dict:
     """The un-transformed prediction of every dihedral view of ``image`` (Predictor's TTA, kept apart)."""
+    from nanoseg.model.targets import VECTORS, dihedral
+
     out = {}
     for k, flip in VIEWS:
-        view = np.rot90(image, k)
-        view = view[:, ::-1] if flip else view
-        pred = predictor.probability(np.ascontiguousarray(view))
-        out[(k, flip)] = np.rot90(pred[:, ::-1] if flip else pred, -k)
+        pred = predictor.probability(np.ascontiguousarray(dihedral(image, k, flip)))
+        vectors = VECTORS["classes3_hv"] if pred.ndim == 3 and pred.shape[-1] == 5 else None
+        out[(k, flip)] = dihedral(pred, k, flip, vectors, invert=True)
     return out
 
 

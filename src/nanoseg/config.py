@@ -137,12 +137,13 @@ class TrainSettings(Section):
 class InstanceSettings(Section):
     """``instance:`` the instance variant's head, loss and decoder grids."""
 
-    head: Literal["classes3", "fg_distance"] = "classes3"
+    head: Literal["classes3", "fg_distance", "classes3_hv"] = "classes3"
     loss: Literal["wcce_dice", "border_wcce_dice"] = "wcce_dice"
     class_weights: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=3, max_length=3)] = [1.0, 1.0, 5.0]
     border_w0: NonNegative = 10.0
     border_sigma: Positive = 5.0
     distance_weight: NonNegative = 1.0
+    hv_weight: NonNegative = 1.0
     marker_grid: Annotated[list[Fraction], Field(min_length=1)] = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
     min_marker_grid: Annotated[list[NonNegativeInt], Field(min_length=1)] = [0, 5, 15, 30]
 

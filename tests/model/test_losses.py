@@ -109,3 +109,29 @@ def test_instance_losses_and_metrics_are_float32_under_bfloat16():
     fg_dice.update_state(np.concatenate([onehot, np.ones_like(onehot[..., :1])], -1), onehot)
     assert f(fg_dice.result()) == pytest.approx(1.0)
     assert [m.name for m in instance_training_metrics("fg_distance")] == ["dice_coefficient", "distance_mae"]
+
+
+def test_classes3_hv_loss_is_classes3_plus_the_hover_terms():
+    from nanoseg.model.losses import InstanceLoss, classes3_hv_loss, classes3_loss, hv_loss, instance_training_metrics
+
+    onehot, _ = _classes3_batch()
+    rng = np.random.default_rng(0)
+    hv_t = rng.random(onehot.shape[:-1] + (2,)).astype(np.float32)
+    w = np.ones(onehot.shape[:-1] + (1,), np.float32)
+    p3 = 0.8 * onehot + 0.2 / 3
+    y_true = np.concatenate([onehot, hv_t, w], -1)
+    exact = np.concatenate([p3, hv_t], -1).astype(np.float32)
+    c3 = f(classes3_loss(np.concatenate([onehot, w], -1), p3))
+    assert f(classes3_hv_loss(y_true, exact, hv_weight=2.0)) == pytest.approx(c3, rel=1e-5)  # maps right: no hv term
+    shifted = exact.copy()
+    shifted[..., 3:] += 0.1  # a constant offset: MSE 0.01, the gradients stay right
+    assert f(hv_loss(hv_t, shifted[..., 3:], 1.0 - onehot[..., 0])) == pytest.approx(0.01, rel=1e-3)
+    assert f(classes3_hv_loss(y_true, shifted, hv_weight=2.0)) == pytest.approx(c3 + 0.02, rel=1e-4)
+    bumpy = exact.copy()
+    bumpy[:, ::2, :, 3] += 0.1  # alternate rows: MSE 0.0025, and the gradients from row to row are wrong too
+    focus = 1.0 - onehot[..., 0]
+    assert f(hv_loss(hv_t, bumpy[..., 3:], focus)) > 1.5 * 0.0025
+    loss = InstanceLoss.from_config(InstanceLoss("classes3_hv", hv_weight=2.0).get_config())
+    assert loss.head == "classes3_hv" and loss.hv_weight == 2.0
+    assert f(loss(y_true, shifted)) == pytest.approx(c3 + 0.02, rel=1e-4)
+    assert [m.name for m in instance_training_metrics("classes3_hv")] == ["dice_coefficient", "boundary_dice", "hv_mae"]

@@ -220,3 +220,55 @@ def test_lowres_augmentation_blurs_the_image_like_scale_auto():
         np.testing.assert_array_equal(y0, y1)  # same crops, same targets
         edges = lambda x: np.abs(np.diff(x[..., 0], axis=1)).max()  # noqa: E731
         assert edges(x1) < edges(x0) and ((x1[..., 0] > 0.5) == (x0[..., 0] > 0.5)).mean() > 0.9
+
+
+def test_hv_maps_point_away_from_each_centre():
+    from nanoseg.model.targets import hv_maps
+
+    mask = touching_discs()
+    hv = hv_maps(mask)
+    assert hv.shape == (60, 80, 2) and hv.dtype == np.float32
+    assert np.all(hv[~mask] == 0) and hv.min() == -1.0 and hv.max() == 1.0
+    row = hv[30, :, 0]  # across both discs: -1 .. +1, then a jump to -1 after the line
+    assert row[17] == -1.0 and row[38] == 1.0 and row[40] == -1.0 and row[61] == 1.0
+    assert abs(row[28]) < 0.1 and np.all(np.diff(row[17:39]) > 0)
+    assert np.all(hv[:, 28, 1][mask[:, 28]][:-1] < hv[:, 28, 1][mask[:, 28]][1:])  # v grows downwards
+    targets = make_targets(mask, "classes3_hv")
+    assert targets.shape == (60, 80, 5)
+    np.testing.assert_array_equal(targets[..., :3], make_targets(mask, "classes3"))
+    np.testing.assert_allclose(targets[..., 3:], (hv + 1) / 2)
+
+
+@pytest.mark.parametrize("k", range(4))
+@pytest.mark.parametrize("flip", [False, True])
+def test_dihedral_turns_the_hover_maps_like_the_mask(k, flip):
+    """The maps of a turned mask are the turned maps: what augmentation and TTA rely on."""
+    from nanoseg.model.targets import VECTORS, dihedral
+
+    mask = many_touching_discs(shape=(48, 64))
+    y = make_targets(mask, "classes3_hv")
+    turned = dihedral(y, k, flip, VECTORS["classes3_hv"])
+    np.testing.assert_allclose(turned, make_targets(dihedral(mask, k, flip), "classes3_hv"), atol=1e-6)
+    np.testing.assert_allclose(dihedral(turned, k, flip, VECTORS["classes3_hv"], invert=True), y, atol=1e-6)
+    # a plain map moves its pixels only
+    np.testing.assert_array_equal(dihedral(mask, k, flip), np.rot90(mask, k)[:, ::-1] if flip else np.rot90(mask, k))
+
+
+def test_augmented_crops_turn_the_hover_maps():
+    from nanoseg.model.targets import VECTORS
+
+    mask = many_touching_discs(shape=(96, 96))
+    target = training_targets(mask, {"model": {"variant": "instance"}, "instance": {"head": "classes3_hv"}})
+    assert target.shape == (96, 96, 6)
+    masks = [mask]
+    gen = random_crops([mask.astype(np.float32)], [target], 64, {"flips": True, "rot90": True, "brightness": 0,
+                                                                  "contrast": 0}, 3, vectors=VECTORS["classes3_hv"])
+    for _ in range(12):
+        x, y = next(gen)
+        # the crop's maps are those of its own (turned) mask, where no particle is cut by the crop edge
+        again = make_targets(x[..., 0] > 0.5, "classes3_hv")
+        labels = measure.label(x[..., 0] > 0.5, connectivity=1)
+        inner = np.isin(labels, np.unique(labels[1:-1, 1:-1])) & ~np.isin(
+            labels, np.unique(np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        np.testing.assert_allclose(y[..., 3:5][inner], again[..., 3:][inner], atol=1e-5)
+    assert masks

@@ -33,18 +33,18 @@ def test_config_key_instance_settings_only_count_for_the_instance_variant(params
     assert len({paper, fg, config_key(params, MANIFEST, SPLIT)}) == 3
 
 
-@pytest.mark.parametrize("head", ["classes3", "fg_distance"])
+@pytest.mark.parametrize("head", ["classes3", "fg_distance", "classes3_hv"])
 def test_choose_postprocess_tunes_the_decoder_on_validation_maps(params_for, tmp_path, head):
     mask, _ = _chain(4)
     params = params_for(tmp_path)
     params["model"]["variant"] = "instance"
     params["instance"].update(head=head, marker_grid=[0.05, 0.5], min_marker_grid=[0, 3])
     post = choose_postprocess([mask], [_synthetic_outputs(mask)[head]], 0.5, params, pixel_size_nm=7.34375)
-    assert post["decoder"] == head and post["marker_threshold"] == 0.5
+    assert post["decoder"] == head and post["marker_threshold"] == (0.05 if head == "classes3_hv" else 0.5)
     assert post["val_f1_50"] == pytest.approx(1.0) and post["min_area_nm2"] == params["postprocess"]["min_area_nm2"]
 
 
-@pytest.mark.parametrize("head", ["classes3", "fg_distance"])
+@pytest.mark.parametrize("head", ["classes3", "fg_distance", "classes3_hv"])
 def test_decoding_the_targets_of_a_real_mask_recovers_its_particles(bam_dir, head):
     """A perfect network: its outputs are the targets. Misses are the 1-9 px specks of the manual mask."""
     from nanoseg.evaluation.scoring import truth_labels
@@ -138,3 +138,41 @@ def sem_crop_tif(tmp_path):
     path = tmp_path / "sem.tif"
     tifffile.imwrite(path, image, resolution=(PX_PER_CM, PX_PER_CM), resolutionunit="CENTIMETER")
     return path
+
+
+def test_classes3_hv_trains_ensembles_and_predicts_with_tta(bam_dir, params_for, tmp_path):
+    """The HoVer head end to end: a real fit, save/load, an ensemble of two, TTA that turns the maps back."""
+    from nanoseg.inference.predictor import Predictor
+    from nanoseg.model.candidates import build_ensemble
+    from nanoseg.model.network import load_model
+    from nanoseg.model.training import fit
+
+    params = params_for(tmp_path)
+    params["model"]["variant"] = "instance"
+    params["instance"].update(head="classes3_hv", hv_weight=2.0)
+    params["train"].update(mixed_bf16=False, steps_per_epoch=2, crop=64, batch=2)
+    cuts = [_bam_cut(bam_dir, k) for k in (0, 1)]
+    model, history, _ = fit([c[0] for c in cuts], [c[1] for c in cuts], None, None, params, epochs=1)
+    assert model.output_shape == (None, None, None, 5)
+    assert {"loss", "dice_coefficient", "boundary_dice", "hv_mae"} <= set(history)
+    assert np.isfinite(history["loss"]).all()
+    post = {"decoder": "classes3_hv", "opening_radius": 1, "min_area_nm2": 200.0, "marker_threshold": 0.5,
+            "min_marker_px": 0}
+    folder = save_model(model, tmp_path / "model", {"variant": "instance", "threshold": 0.5, "postprocess": post})
+    loaded, _ = load_model(folder)
+    image = cuts[0][0][:64, :96]
+    y = loaded(image[None, ..., None]).numpy()[0]
+    np.testing.assert_allclose(y, model(image[None, ..., None]).numpy()[0], atol=1e-5)
+    np.testing.assert_allclose(y[..., :3].sum(-1), 1.0, atol=1e-5)  # softmax classes, sigmoid maps
+    assert (y[..., 3:] > 0).all() and (y[..., 3:] < 1).all()
+    ensemble, _ = build_ensemble([loaded, load_model(folder)[0]])
+    np.testing.assert_allclose(ensemble(image[None, ..., None]).numpy()[0], y, atol=1e-5)
+    # TTA: a network whose output is the turned-back maps' mean; check against the views done by hand
+    pred = Predictor(loaded, tile=64, overlap=0, batch=1, tta=True)
+    mean = pred.probability(image)
+    from nanoseg.model.targets import VECTORS, dihedral
+
+    one = Predictor(loaded, tile=64, overlap=0, batch=1)
+    by_hand = np.mean([dihedral(one.probability(np.ascontiguousarray(dihedral(image, k, f))), k, f,
+                                VECTORS["classes3_hv"], invert=True) for k in range(4) for f in (False, True)], 0)
+    np.testing.assert_allclose(mean, by_hand, atol=1e-4)

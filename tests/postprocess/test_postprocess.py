@@ -153,14 +153,16 @@ def _synthetic_outputs(mask):
     """What a well-trained model of each head would output, with the lines *filled* in the foreground."""
     from scipy import ndimage as ndi
 
-    from nanoseg.model.targets import make_targets, normalized_distance
+    from nanoseg.model.targets import hv_maps, make_targets, normalized_distance
 
     c3 = ndi.gaussian_filter(make_targets(mask, "classes3"), (1, 1, 0))
     c3 /= c3.sum(-1, keepdims=True)
     filled = ndi.binary_closing(mask, np.ones((1, 3), bool))  # the separating lines filled in
     fd = np.stack([ndi.gaussian_filter(filled.astype(np.float32), 0.7),
                    ndi.gaussian_filter(normalized_distance(mask), 1.0)], -1)
-    return {"classes3": c3.astype(np.float32), "fg_distance": np.clip(fd, 0, 1).astype(np.float32)}
+    hv = (ndi.gaussian_filter(hv_maps(mask), (0.7, 0.7, 0)) + 1.0) / 2.0
+    return {"classes3": c3.astype(np.float32), "fg_distance": np.clip(fd, 0, 1).astype(np.float32),
+            "classes3_hv": np.concatenate([c3, hv], -1).astype(np.float32)}
 
 
 @pytest.mark.parametrize("n", [2, 4])
@@ -194,8 +196,31 @@ def test_foreground_probability():
     np.testing.assert_allclose(postprocess.foreground_probability(p), 1 - p[..., 0])
     np.testing.assert_array_equal(postprocess.foreground_probability(p[..., :2]), p[..., 0])
     np.testing.assert_array_equal(postprocess.foreground_probability(p[..., 1]), p[..., 1])
+    q = np.random.default_rng(1).random((4, 5, 5)).astype(np.float32)  # classes3_hv: classes3 + 2 HoVer maps
+    np.testing.assert_allclose(postprocess.foreground_probability(q), 1 - q[..., 0])
     with pytest.raises(NanosegError, match="shape"):
-        postprocess.foreground_probability(np.zeros((2, 2, 5)))
+        postprocess.foreground_probability(np.zeros((2, 2, 4)))
+
+
+def test_hover_maps_cut_a_merge_the_class_map_misses():
+    """Two touching discs whose boundary class the network missed (one interior blob): classes3 decodes one
+    particle; the HoVer maps still jump across the contact, so classes3_hv decodes two."""
+    from scipy import ndimage as ndi
+
+    from nanoseg.evaluation.metrics import instance_metrics
+    from nanoseg.model.targets import hv_maps
+
+    mask, centers = _chain(2)
+    filled = ndi.binary_closing(mask, np.ones((1, 3), bool))
+    merged = np.stack([~filled, filled, np.zeros_like(filled)], -1).astype(np.float32)  # no boundary at all
+    merged = ndi.gaussian_filter(merged, (0.7, 0.7, 0))
+    assert postprocess.decode_instances(merged, 0.5, marker_threshold=0.5).max() == 1
+    hv = (ndi.gaussian_filter(hv_maps(mask), (0.7, 0.7, 0)) + 1.0) / 2.0
+    marker = postprocess.marker_map(np.concatenate([merged, hv], -1))
+    assert marker[centers[0]] > 0.7 and marker[centers[1]] > 0.7  # the centres stay seeds
+    labels = postprocess.decode_instances(np.concatenate([merged, hv], -1), 0.5, marker_threshold=0.5)
+    assert labels.max() == 2 and instance_metrics(mask, labels)["f1_50"] == pytest.approx(1.0)
+    np.testing.assert_array_equal(postprocess.marker_map(merged), merged[..., 1])  # other heads: channel 1
 
 
 def test_tune_instance_params_and_segment_use_the_decoder():
@@ -206,7 +231,9 @@ def test_tune_instance_params_and_segment_use_the_decoder():
     for decoder, prob in _synthetic_outputs(mask).items():
         best = selection.tune_instance_params([prob], [truth_labels(mask)], decoder=decoder,
                                                 grid={"marker_threshold": [0.05, 0.5], "min_marker_px": [0, 3]})
-        assert best["f1_50"] == pytest.approx(1.0) and best["marker_threshold"] == 0.5
+        # a low marker threshold joins the discs; the HoVer maps' cut keeps even that one apart (first on ties)
+        assert best["f1_50"] == pytest.approx(1.0) and best["marker_threshold"] == (
+            0.05 if decoder == "classes3_hv" else 0.5)
         assert len(best["scores"]) == 4
         post = {"decoder": decoder, "marker_threshold": 0.5, "min_marker_px": 3, "min_area_nm2": 0.0}
         seg_mask, labels = segment(prob, 0.5, post)

@@ -16,7 +16,7 @@ from nanoseg.errors import NanosegError
 from nanoseg.evaluation.metrics import instance_metrics
 from nanoseg.io.masks import binarize
 from nanoseg.postprocess.decode import (DECODERS, clean_mask, foreground_probability, label_instances,
-                                        remove_small_instances, watershed_markers)
+                                        marker_map, remove_small_instances, watershed_markers)
 
 
 #: Default search grid for :func:`tune_split_params` (``postprocess.min_distance_grid`` of params.yaml).
@@ -141,8 +141,9 @@ def tune_instance_params(probs, gt_labels_list, grid=None, decoder=None):
     for pr in probs:
         if pr.ndim != 3 or pr.shape[-1] not in DECODERS or (decoder and DECODERS[pr.shape[-1]] != decoder):
             raise NanosegError(f"tune_instance_params: expected {decoder or 'instance-variant'} outputs "
-                               f"(H, W, 2 or 3), got shape {pr.shape}.")
+                               f"(H, W, 2, 3 or 5), got shape {pr.shape}.")
     keys = list(grid)
+    markers = [marker_map(pr) for pr in probs]
     scores, cleaned = [], {}
     for values in itertools.product(*(grid[k] for k in keys)):
         p = {**defaults, **dict(zip(keys, values))}
@@ -150,8 +151,8 @@ def tune_instance_params(probs, gt_labels_list, grid=None, decoder=None):
         if ckey not in cleaned:
             cleaned[ckey] = [clean_mask(binarize(foreground_probability(pr), p["threshold"]), 0, p["opening_radius"])
                              for pr in probs]
-        preds = [watershed_markers(pr[..., 1], fg, p["marker_threshold"], p["min_marker_px"], p["min_area_px"])
-                 for pr, fg in zip(probs, cleaned[ckey])]
+        preds = [watershed_markers(mk, fg, p["marker_threshold"], p["min_marker_px"], p["min_area_px"])
+                 for mk, fg in zip(markers, cleaned[ckey])]
         scores.append({**{k: p[k] for k in keys}, **_score_entry(instance_metrics(gts, preds))})
     best = _best_score(scores)
     return {**best, "scores": scores}

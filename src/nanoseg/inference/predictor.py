@@ -19,6 +19,7 @@ import numpy as np
 from nanoseg.config import PredictSettings
 from nanoseg.errors import NanosegError
 from nanoseg.inference.tiling import predict_tiled
+from nanoseg.model.targets import VECTORS, dihedral
 
 
 class Predictor:
@@ -148,6 +149,9 @@ class Predictor:
     def probability_with_uncertainty(self, image) -> tuple[np.ndarray, np.ndarray]:
         """Test-time augmentation over the 8 dihedral transforms (flips x rot90).
 
+        Each view's output is turned back (:func:`nanoseg.model.targets.dihedral`; the HoVer maps of a
+        ``classes3_hv`` model as vectors) before the views are averaged.
+
         Returns
         -------
         mean, std : ndarray
@@ -159,10 +163,10 @@ class Predictor:
         n = 0
         for k in range(4):  # running mean and variance (Welford), float32: not 8 maps in memory at once
             for flip in (False, True):
-                view = np.rot90(image, k)
-                view = view[:, ::-1] if flip else view
+                view = dihedral(image, k, flip)
                 pred = self._single(np.ascontiguousarray(view))
-                pred = np.rot90(pred[:, ::-1] if flip else pred, -k)
+                vectors = VECTORS["classes3_hv"] if pred.ndim == 3 and pred.shape[-1] == 5 else None
+                pred = dihedral(pred, k, flip, vectors, invert=True)  # HoVer maps turned back as vectors
                 n += 1
                 if mean is None:
                     mean, m2 = np.array(pred, np.float32), np.zeros(pred.shape, np.float32)

@@ -6,6 +6,7 @@ import numpy as np
 
 from nanoseg.config import AugmentSettings, check
 from nanoseg.errors import NanosegError
+from nanoseg.model.targets import dihedral
 
 
 def _zoom_window(rng, img, mask, crop: int, scale) -> tuple[np.ndarray, np.ndarray, float]:
@@ -30,7 +31,7 @@ def degraded(x: np.ndarray, factor: float) -> np.ndarray:
     return resize(x, shape, order=1, mode="reflect", anti_aliasing=False, preserve_range=True).astype(np.float32)
 
 
-def random_crops(images, targets, crop: int, augment: dict, seed: int, masks=None, zoom_target=None):
+def random_crops(images, targets, crop: int, augment: dict, seed: int, masks=None, zoom_target=None, vectors=None):
     """Endless generator of augmented (image, target) crops, seeded.
 
     Crops are taken uniformly from images of any size (each at least ``crop``
@@ -48,6 +49,9 @@ def random_crops(images, targets, crop: int, augment: dict, seed: int, masks=Non
     pixels is resampled to ``crop`` (anti-aliased when shrinking, bilinear),
     and its target is made again from the zoomed manual instances
     (:func:`nanoseg.model.targets.zoom_targets`), so the 1-pixel separations survive.
+
+    ``vectors`` = (h, v): target channels holding a vector map (the ``classes3_hv`` head's HoVer maps,
+    :data:`nanoseg.model.targets.VECTORS`), turned with the crop by :func:`nanoseg.model.targets.dihedral`.
 
     ``augment`` is ``train.augment`` of params.yaml; keys it lacks take the defaults of
     :class:`nanoseg.config.AugmentSettings`.
@@ -82,12 +86,12 @@ def random_crops(images, targets, crop: int, augment: dict, seed: int, masks=Non
             x = degraded(x, float(np.exp(lowres_rng.uniform(0.0, np.log(lowres)))))
         if augment["flips"]:
             if rng.random() < 0.5:
-                x, y = x[:, ::-1], y[:, ::-1]
-            if rng.random() < 0.5:
-                x, y = x[::-1], y[::-1]
+                x, y = x[:, ::-1], dihedral(y, 0, True, vectors)
+            if rng.random() < 0.5:  # an up-down flip = a half turn and a left-right flip
+                x, y = x[::-1], dihedral(y, 2, True, vectors)
         if augment["rot90"]:
             k = int(rng.integers(4))
-            x, y = np.rot90(x, k), np.rot90(y, k)
+            x, y = np.rot90(x, k), dihedral(y, k, False, vectors)
         b, ct = float(augment["brightness"]), float(augment["contrast"])
         if b or ct:
             gain = 1.0 + rng.uniform(-ct, ct)
@@ -99,7 +103,7 @@ def random_crops(images, targets, crop: int, augment: dict, seed: int, masks=Non
 
 
 def make_train_dataset(images, targets, crop: int, batch: int, augment: dict, seed: int, masks=None,
-                       zoom_target=None):
+                       zoom_target=None, vectors=None):
     """A ``tf.data`` pipeline of random augmented crops, batched and prefetched.
 
     Parameters
@@ -110,6 +114,8 @@ def make_train_dataset(images, targets, crop: int, batch: int, augment: dict, se
         Crop size in pixels; a multiple of 32 and no larger than the smallest image.
     masks, zoom_target : optional
         For scale augmentation (:func:`random_crops`).
+    vectors : (int, int), optional
+        Target channels of a vector map (:func:`random_crops`).
     """
     import tensorflow as tf
 
@@ -129,6 +135,6 @@ def make_train_dataset(images, targets, crop: int, batch: int, augment: dict, se
         tf.TensorSpec((crop, crop, channels), tf.float32),
     )
     ds = tf.data.Dataset.from_generator(
-        lambda: random_crops(images, targets, crop, augment, seed, masks, zoom_target), output_signature=spec
+        lambda: random_crops(images, targets, crop, augment, seed, masks, zoom_target, vectors), output_signature=spec
     )
     return ds.batch(batch, drop_remainder=True).prefetch(2)

@@ -7,7 +7,8 @@ runs under the ``mixed_bfloat16`` policy, with any Keras 3 backend.
 The instance variant (:mod:`nanoseg.model.targets`) trains with :class:`InstanceLoss`:
 a per-pixel weighted cross-entropy (the weights arrive as the last target
 channel: class weights, optionally plus the U-Net border term) plus soft Dice,
-and for the ``fg_distance`` head an MSE on the normalised distance. Its
+for the ``fg_distance`` head an MSE on the normalised distance, and for the ``classes3_hv``
+head the HoVer maps' MSE plus the MSE of their spatial gradients inside the particles. Its
 metrics (:func:`instance_metrics`) report the foreground Dice under the paper
 metric's name ``dice_coefficient``, so learning curves compare side by side.
 """
@@ -100,23 +101,58 @@ def fg_distance_loss(y_true, y_pred, distance_weight=1.0, smooth=1.0):
     return _weighted_mean(bce, w) + 1.0 - _soft_dice(t[..., 0], p[..., 0], smooth) + distance_weight * mse
 
 
+def hv_loss(t_hv, p_hv, focus):
+    """HoVer-Net's loss of the horizontal/vertical maps: MSE over all pixels + MSE of the maps'
+    finite-difference gradients (both maps, both axes) on neighbour pairs inside ``focus`` (the particles
+    with the lines between them), so the jump across a contact line is learnt, not smoothed over.
+
+    ``t_hv``, ``p_hv``: (N, H, W, 2) encoded (v + 1) / 2; ``focus``: (N, H, W) 0/1.
+    """
+    mse = ops.mean(ops.square(p_hv - t_hv))
+    d = p_hv - t_hv
+    f = focus[..., None]
+    gx, fx = d[:, :, 1:] - d[:, :, :-1], f[:, :, 1:] * f[:, :, :-1]
+    gy, fy = d[:, 1:] - d[:, :-1], f[:, 1:] * f[:, :-1]
+    msge = (ops.sum(fx * ops.square(gx)) + ops.sum(fy * ops.square(gy))) / (
+        2.0 * (ops.sum(fx) + ops.sum(fy)) + _EPS)
+    return mse + msge
+
+
+def classes3_hv_loss(y_true, y_pred, hv_weight=1.0):
+    """:func:`classes3_loss` on the first 3 channels + ``hv_weight`` x :func:`hv_loss` on the HoVer maps.
+
+    ``y_true`` is (N, H, W, 6): one-hot background / interior / boundary, h, v (encoded (v + 1) / 2)
+    and the per-pixel weight; ``y_pred`` the (N, H, W, 5) output of :class:`nanoseg.model.network.ClassesAndVectors`.
+    """
+    t, w, p = _unpack(y_true, y_pred)
+    classes = classes3_loss(ops.concatenate([t[..., :3], w[..., None]], axis=-1), p[..., :3])
+    return classes + hv_weight * hv_loss(t[..., 3:], p[..., 3:], 1.0 - t[..., 0])
+
+
+INSTANCE_HEADS = ("classes3", "fg_distance", "classes3_hv")
+
+
 @keras.saving.register_keras_serializable(package="nanoseg")
 class InstanceLoss(keras.losses.Loss):
-    """The instance variant's loss for ``head`` (:func:`classes3_loss` or :func:`fg_distance_loss`)."""
+    """The instance variant's loss for ``head`` (:func:`classes3_loss`, :func:`fg_distance_loss` or
+    :func:`classes3_hv_loss`)."""
 
-    def __init__(self, head="classes3", distance_weight=1.0, name="instance_loss", **kwargs):
+    def __init__(self, head="classes3", distance_weight=1.0, hv_weight=1.0, name="instance_loss", **kwargs):
         super().__init__(name=name, **kwargs)
-        if head not in ("classes3", "fg_distance"):
-            raise NanosegError(f"instance head {head!r} is unknown; use classes3 or fg_distance.")
-        self.head, self.distance_weight = head, float(distance_weight)
+        if head not in INSTANCE_HEADS:
+            raise NanosegError(f"instance head {head!r} is unknown; use one of {INSTANCE_HEADS}.")
+        self.head, self.distance_weight, self.hv_weight = head, float(distance_weight), float(hv_weight)
 
     def call(self, y_true, y_pred):
         if self.head == "classes3":
             return classes3_loss(y_true, y_pred)
+        if self.head == "classes3_hv":
+            return classes3_hv_loss(y_true, y_pred, self.hv_weight)
         return fg_distance_loss(y_true, y_pred, self.distance_weight)
 
     def get_config(self):
-        return {**super().get_config(), "head": self.head, "distance_weight": self.distance_weight}
+        return {**super().get_config(), "head": self.head, "distance_weight": self.distance_weight,
+                "hv_weight": self.hv_weight}
 
 
 def _fg_classes3(y_true, y_pred):
@@ -139,10 +175,18 @@ def _distance_mae(y_true, y_pred):
     return ops.mean(ops.abs(p[..., 1] - t[..., 1]))
 
 
+def _hv_mae(y_true, y_pred):
+    t, _, p = _unpack(y_true, y_pred)
+    return ops.mean(ops.abs(p[..., 3:] - t[..., 3:]))
+
+
 def instance_training_metrics(head):
     """Training metrics of an instance head: foreground Dice (named ``dice_coefficient``) and
-    ``boundary_dice`` (classes3) or ``distance_mae`` (fg_distance)."""
+    ``boundary_dice`` (classes3, classes3_hv; plus ``hv_mae``) or ``distance_mae`` (fg_distance)."""
     wrap = keras.metrics.MeanMetricWrapper
     if head == "classes3":
         return [wrap(_fg_classes3, name="dice_coefficient"), wrap(_boundary_dice, name="boundary_dice")]
+    if head == "classes3_hv":
+        return [wrap(_fg_classes3, name="dice_coefficient"), wrap(_boundary_dice, name="boundary_dice"),
+                wrap(_hv_mae, name="hv_mae")]
     return [wrap(_fg_fg_distance, name="dice_coefficient"), wrap(_distance_mae, name="distance_mae")]

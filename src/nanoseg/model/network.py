@@ -22,11 +22,16 @@ Layers (``H, W`` divisible by 32; ``f = decoder_filters``)::
                  with head "fg_distance", 2 channels: foreground, normalised
                  distance) or softmax ("instance" with head "classes3", 3
                  channels: background, interior, separating boundary; see
-                 :mod:`nanoseg.model.targets`), computed in float32 even under mixed_bfloat16
+                 :mod:`nanoseg.model.targets`) or both ("instance" with head
+                 "classes3_hv", 5 channels: the softmax of classes3 and two
+                 sigmoid HoVer maps, :class:`ClassesAndVectors`), computed in
+                 float32 even under mixed_bfloat16
 
 Callers and the served model pass raw images in [0, 1]; no preprocessing
 outside. The preprocessing uses built-in layers only, so a saved model loads
-with plain ``keras.saving.load_model(..., compile=False)`` (no custom objects).
+with plain ``keras.saving.load_model(..., compile=False)`` (no custom objects);
+a ``classes3_hv`` model needs this module imported first (its output layer
+:class:`ClassesAndVectors` is registered here), as :func:`load_model` does.
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ SKIPS = ("conv4_block6_out", "conv3_block4_out", "conv2_block3_out", "conv1_relu
 BOTTLENECK = "conv5_block3_out"
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
 VARIANTS = ("paper", "instance")
-HEADS = {"classes3": (3, "softmax"), "fg_distance": (2, "sigmoid")}  # instance head: channels, activation
+HEADS = {"classes3": (3, "softmax"), "fg_distance": (2, "sigmoid"),  # instance head: channels, activation
+         "classes3_hv": (5, "classes3_hv")}
 MODEL_FILE = "model.keras"
 METADATA_FILE = "nanoseg.json"
 _HOW_TO_GET_WEIGHTS = (
@@ -75,6 +81,18 @@ def _encoder(weights):
     return keras.Model(resnet.input, outputs, name="encoder")
 
 
+@keras.saving.register_keras_serializable(package="nanoseg")
+class ClassesAndVectors(layers.Layer):
+    """Output activation of the ``classes3_hv`` head: softmax over the first 3 channels
+    (background / interior / boundary), sigmoid on the other 2 (the HoVer maps, encoded (v + 1) / 2)."""
+
+    def call(self, x):
+        return keras.ops.concatenate([keras.ops.softmax(x[..., :3], axis=-1), keras.ops.sigmoid(x[..., 3:])], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
 def _conv_bn_relu(x, filters, name):
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
     x = layers.BatchNormalization(name=f"{name}_bn")(x)
@@ -100,10 +118,11 @@ def build_unet(variant="paper", weights=None, decoder_filters=(256, 128, 64, 32,
         (H, W, 1); H and W None or divisible by 32.
     out_channels : int
         Output channels of the paper variant (instance heads set their own).
-    head : {"classes3", "fg_distance"}, optional
+    head : {"classes3", "fg_distance", "classes3_hv"}, optional
         Instance variant only (default "classes3"): "classes3" softmax over
         background / interior / boundary; "fg_distance" two sigmoid channels,
-        foreground probability and normalised distance to the particle outline.
+        foreground probability and normalised distance to the particle outline;
+        "classes3_hv" the classes3 softmax plus two sigmoid HoVer maps (5 channels).
 
     Returns
     -------
@@ -136,7 +155,10 @@ def build_unet(variant="paper", weights=None, decoder_filters=(256, 128, 64, 32,
         x = _conv_bn_relu(x, filters, f"dec{level}a")
         x = _conv_bn_relu(x, filters, f"dec{level}b")
     x = layers.Conv2D(out_channels, 1, name="head", dtype="float32")(x)
-    out = layers.Activation(act, name="probability", dtype="float32")(x)
+    if act == "classes3_hv":
+        out = ClassesAndVectors(name="probability", dtype="float32")(x)
+    else:
+        out = layers.Activation(act, name="probability", dtype="float32")(x)
     return keras.Model(image, out, name=f"nanoseg_unet_{variant}")
 
 

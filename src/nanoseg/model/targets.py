@@ -34,6 +34,15 @@ Heads (``instance.head`` in params.yaml):
     Euclidean distance of each foreground pixel to the nearest background
     pixel divided by the largest such distance in its instance (1 at the
     centre of every particle, small at its outline, 0 on background).
+``classes3_hv``
+    (H, W, 5): the ``classes3`` one-hot and HoVer-Net's horizontal and
+    vertical maps (Graham et al. 2019, :func:`hv_maps`): each foreground
+    pixel's column and row offset from its instance's centre of mass, scaled
+    to -1..1 on each side of the centre, stored as ``(offset + 1) / 2`` in
+    [0, 1] (0.5 on background and lines). Where two particles touch, the maps
+    jump from +1 to -1 across the line, which the decoder reads as a boundary
+    even where the boundary class is weak. The maps are vectors: flips and
+    rotations must turn them too (:func:`dihedral`).
 
 :func:`training_targets` appends a per-pixel loss weight as a last channel
 (``class_weights`` of the pixel's class: background / interior / boundary,
@@ -53,8 +62,10 @@ from skimage import measure
 from nanoseg.config import InstanceSettings, check
 from nanoseg.errors import NanosegError
 
-HEADS = typing.get_args(InstanceSettings.model_fields["head"].annotation)  # classes3, fg_distance
+HEADS = typing.get_args(InstanceSettings.model_fields["head"].annotation)  # classes3, fg_distance, classes3_hv
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
+#: Channels of a head's output that hold the (horizontal, vertical) vector maps, encoded (v + 1) / 2.
+VECTORS = {"classes3_hv": (3, 4)}
 
 
 def instance_settings(params: dict) -> dict:
@@ -150,6 +161,67 @@ def normalized_distance(mask) -> np.ndarray:
     return (dist / peak[labels]).astype(np.float32)
 
 
+def hv_maps(mask) -> np.ndarray:
+    """HoVer-Net's horizontal and vertical maps of the instances of a mask, (H, W, 2) float32 in -1..1.
+
+    For each foreground pixel: its column (channel 0) and row (channel 1)
+    offset from its instance's centre of mass, divided by the largest offset
+    on the same side of the centre within the instance (so -1 at the
+    instance's leftmost/topmost pixel, +1 at its rightmost/bottommost, 0 at
+    the centre and on background).
+    """
+    labels = instance_labels(mask)
+    out = np.zeros(labels.shape + (2,), np.float32)
+    n = int(labels.max())
+    if n == 0:
+        return out
+    fg = labels > 0
+    idx = np.arange(1, n + 1)
+    rows, cols = np.indices(labels.shape, dtype=np.float64)
+    for ch, coord in enumerate((cols, rows)):
+        centre = np.zeros(n + 1)
+        centre[1:] = ndi.mean(coord, labels, idx)
+        off = np.where(fg, coord - centre[labels], 0.0)
+        neg, pos = np.ones(n + 1), np.ones(n + 1)
+        neg[1:] = -np.minimum(ndi.minimum(off, labels, idx), 0.0)
+        pos[1:] = np.maximum(ndi.maximum(off, labels, idx), 0.0)
+        neg[neg == 0], pos[pos == 0] = 1.0, 1.0
+        out[..., ch] = np.where(off < 0, off / neg[labels], off / pos[labels])
+    return out
+
+
+def dihedral(y, k: int = 0, flip: bool = False, vectors=None, invert: bool = False) -> np.ndarray:
+    """A map turned like an image: ``np.rot90(y, k)`` then a left-right flip, vector channels turned too.
+
+    ``vectors`` = (h, v): the channels of a vector map encoded ``(value + 1) / 2``
+    (:data:`VECTORS`; None: a plain map, only the pixels move). A left-right
+    flip negates the horizontal component; a counter-clockwise quarter turn
+    maps (h, v) to (v, -h). ``invert=True`` undoes ``dihedral(y, k, flip)``:
+    flip first, then ``-k`` quarter turns.
+    """
+    y = np.asarray(y)
+
+    def turn(y, times):
+        y = np.rot90(y, times)
+        if vectors is not None:
+            y = np.array(y)
+            h, v = vectors
+            for _ in range(times % 4):
+                y[..., h], y[..., v] = y[..., v].copy(), 1.0 - y[..., h]
+        return y
+
+    def mirror(y):
+        y = np.array(y[:, ::-1])
+        if vectors is not None:
+            y[..., vectors[0]] = 1.0 - y[..., vectors[0]]
+        return y
+
+    if invert:
+        return turn(mirror(y) if flip else y, -k)
+    y = turn(y, k)
+    return mirror(y) if flip else y
+
+
 def make_targets(mask, head: str = "classes3") -> np.ndarray:
     """Training targets of an instance head from a manual mask.
 
@@ -157,16 +229,19 @@ def make_targets(mask, head: str = "classes3") -> np.ndarray:
     ----------
     mask : (H, W) array
         Manual mask; non-zero is foreground, instances are 4-connected components.
-    head : {"classes3", "fg_distance"}
+    head : {"classes3", "fg_distance", "classes3_hv"}
 
     Returns
     -------
     (H, W, C) float32
         ``classes3``: one-hot background / interior / boundary (C = 3);
-        ``fg_distance``: foreground and normalised distance (C = 2).
+        ``fg_distance``: foreground and normalised distance (C = 2);
+        ``classes3_hv``: the ``classes3`` one-hot and :func:`hv_maps` encoded ``(v + 1) / 2`` (C = 5).
     """
     if head == "classes3":
         return np.eye(3, dtype=np.float32)[boundary_classes(mask)]
+    if head == "classes3_hv":
+        return np.concatenate([make_targets(mask), (hv_maps(mask) + 1.0) / 2.0], axis=-1)
     if head == "fg_distance":
         fg = (np.asarray(mask) != 0).astype(np.float32)
         return np.stack([fg, normalized_distance(mask)], axis=-1)

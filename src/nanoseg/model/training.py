@@ -237,7 +237,7 @@ def build_compiled(params: dict):
         model.get_layer("encoder").trainable = False
     if inst:  # instance.loss picks the weights in the targets (nanoseg.model.targets.pixel_weights)
         model.compile(optimizer=keras.optimizers.Adam(learning_rate=float(t["lr"])),
-                      loss=InstanceLoss(inst["head"], inst["distance_weight"]),
+                      loss=InstanceLoss(inst["head"], inst["distance_weight"], inst["hv_weight"]),
                       metrics=instance_training_metrics(inst["head"]))
         return model
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=float(t["lr"])), loss=dice_loss,
@@ -280,14 +280,16 @@ def fit(train_images, train_masks, val_images, val_masks, params: dict, log=None
     import tensorflow as tf
 
     from nanoseg.model.input_pipeline import make_train_dataset
-    from nanoseg.model.targets import training_targets, zoom_targets
+    from nanoseg.model.targets import VECTORS, instance_settings, training_targets, zoom_targets
 
     t = params["train"]
     keras.utils.set_random_seed(int(t["seed"]))
     targets = [training_targets(m, params) for m in train_masks]
     ds = make_train_dataset(train_images, targets, int(t["crop"]),
                             int(t["batch"]), t["augment"], int(t["seed"]), masks=train_masks,
-                            zoom_target=lambda m, shape: zoom_targets(m, shape, params))
+                            zoom_target=lambda m, shape: zoom_targets(m, shape, params),
+                            vectors=VECTORS.get(instance_settings(params)["head"])
+                            if params["model"]["variant"] == "instance" else None)
     steps = t["steps_per_epoch"] or max(1, math.ceil(sum(im.size for im in train_images)
                                                           / (int(t["crop"]) ** 2 * int(t["batch"]))))
     val = None

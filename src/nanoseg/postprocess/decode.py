@@ -7,7 +7,8 @@ Pipeline: :func:`binarize` -> :func:`clean_mask` -> :func:`label_instances`
 
 Instance-variant outputs (multi-channel maps, :mod:`nanoseg.model.targets`) are
 decoded by :func:`decode_instances`: markers from the interior probability
-(``classes3``) or the normalised distance (``fg_distance``), a marker-controlled
+(``classes3``), the normalised distance (``fg_distance``) or the interior
+probability less the HoVer maps' convergence (``classes3_hv``, :func:`marker_map`), a marker-controlled
 watershed restricted to the foreground, then 1-px lines cut between touching
 instances (:func:`separate_touching`); :func:`segment` applies a model's stored settings. The grid
 searches that choose those settings on validation data are :mod:`nanoseg.evaluation.selection`'s.
@@ -32,7 +33,7 @@ from nanoseg.errors import NanosegError
 from nanoseg.io.masks import binarize
 
 #: Instance decoders by the channel count of the model output.
-DECODERS = {3: "classes3", 2: "fg_distance"}
+DECODERS = {3: "classes3", 2: "fg_distance", 5: "classes3_hv"}
 
 
 def remove_small_instances(labels, min_area_px=0):
@@ -203,17 +204,35 @@ def foreground_probability(prob):
 
     (H, W) maps are returned as they are; (H, W, 1) -> channel 0; ``classes3``
     (H, W, 3: background, interior, boundary) -> ``1 - background`` (the
-    separating lines count as foreground there); ``fg_distance`` (H, W, 2) ->
-    channel 0.
+    separating lines count as foreground there; likewise ``classes3_hv``, H, W, 5);
+    ``fg_distance`` (H, W, 2) -> channel 0.
     """
     prob = np.asarray(prob)
     if prob.ndim == 2:
         return prob
     if prob.ndim == 3 and prob.shape[-1] in (1, 2):
         return prob[..., 0]
-    if prob.ndim == 3 and prob.shape[-1] == 3:
+    if prob.ndim == 3 and prob.shape[-1] in (3, 5):
         return 1.0 - prob[..., 0]
-    raise NanosegError(f"expected a probability map (H, W) or (H, W, C) with C in 1..3, got shape {prob.shape}.")
+    raise NanosegError(f"expected a probability map (H, W) or (H, W, C) with C in 1, 2, 3 or 5, got shape {prob.shape}.")
+
+
+def marker_map(prob):
+    """The map the decoder seeds and floods: channel 1 (interior probability, or the normalised
+    distance of ``fg_distance``), for ``classes3_hv`` less the HoVer maps' convergence.
+
+    The horizontal and vertical maps (channels 3, 4, encoded (v + 1) / 2) point away from each
+    particle's centre, so their divergence is positive inside a particle and strongly negative where
+    the maps jump from +1 to -1 across the contact of two particles (and at outlines):
+    ``interior - max(0, -(dh/dx + dv/dy))`` (central differences, in the maps' -1..1 units)
+    cuts a seed where the class map alone would join two particles.
+    """
+    prob = np.asarray(prob, dtype=np.float32)
+    if prob.shape[-1] != 5:
+        return prob[..., 1]
+    h, v = 2.0 * prob[..., 3] - 1.0, 2.0 * prob[..., 4] - 1.0
+    div = np.gradient(h, axis=1) + np.gradient(v, axis=0)
+    return prob[..., 1] - np.maximum(-div, 0.0)
 
 
 def separate_touching(labels):
@@ -244,8 +263,9 @@ def decode_instances(prob, threshold=0.5, decoder=None, marker_threshold=0.5, mi
     Steps: foreground = :func:`foreground_probability` ``>= threshold``, then
     :func:`clean_mask` (opening, holes); markers = the 4-connected components
     of ``marker >= marker_threshold`` inside the foreground with at least
-    ``min_marker_px`` pixels, where ``marker`` is channel 1 (interior
-    probability for ``classes3``, normalised distance for ``fg_distance``);
+    ``min_marker_px`` pixels, where ``marker`` is :func:`marker_map` (interior
+    probability for ``classes3``, normalised distance for ``fg_distance``,
+    interior less the HoVer maps' convergence for ``classes3_hv``);
     watershed of ``-marker`` from the markers, restricted to the foreground
     (foreground components without a marker stay whole);
     :func:`separate_touching`; 4-connected relabelling and
@@ -254,10 +274,10 @@ def decode_instances(prob, threshold=0.5, decoder=None, marker_threshold=0.5, mi
     Parameters
     ----------
     prob : (H, W, C) array
-        Model output, C = 3 (``classes3``) or 2 (``fg_distance``).
+        Model output, C = 3 (``classes3``), 2 (``fg_distance``) or 5 (``classes3_hv``).
     threshold : float
         Foreground threshold.
-    decoder : {"classes3", "fg_distance"}, optional
+    decoder : {"classes3", "fg_distance", "classes3_hv"}, optional
         Default from the channel count (:data:`DECODERS`).
     marker_threshold : float
     min_marker_px : int
@@ -271,14 +291,14 @@ def decode_instances(prob, threshold=0.5, decoder=None, marker_threshold=0.5, mi
     """
     prob = np.asarray(prob, dtype=np.float32)
     if prob.ndim != 3 or prob.shape[-1] not in DECODERS:
-        raise NanosegError(f"decode_instances: expected an instance-variant output (H, W, 2 or 3), "
+        raise NanosegError(f"decode_instances: expected an instance-variant output (H, W, 2, 3 or 5), "
                            f"got shape {prob.shape}.")
     decoder = decoder or DECODERS[prob.shape[-1]]
     if DECODERS.get(prob.shape[-1]) != decoder:
         raise NanosegError(f"decoder {decoder!r} does not fit a model output with {prob.shape[-1]} channels; "
                            "check postprocess.decoder in the model's nanoseg.json.")
     fg = clean_mask(binarize(foreground_probability(prob), threshold), 0, opening_radius)
-    return watershed_markers(prob[..., 1], fg, marker_threshold, min_marker_px, min_area_px)
+    return watershed_markers(marker_map(prob), fg, marker_threshold, min_marker_px, min_area_px)
 
 
 def watershed_markers(marker, fg, marker_threshold, min_marker_px, min_area_px):
@@ -312,8 +332,8 @@ def segment(prob: np.ndarray, threshold: float, post: dict, pixel_size_nm: float
     """Probability map -> (mask, instance labels) with the stored post-processing settings.
 
     A paper-variant map (H, W) is thresholded, cleaned and labelled (optionally
-    split by a distance watershed); an instance-variant output (H, W, 2 or 3)
-    is decoded with ``post["decoder"]`` (default: by its channel count),
+    split by a distance watershed); an instance-variant output
+    (H, W, 2, 3 or 5) is decoded with ``post["decoder"]`` (default: by its channel count),
     ``marker_threshold`` and ``min_marker_px``.
     """
     post = {**DEFAULT_POST, **(post or {})}
