@@ -8,7 +8,7 @@ Pipeline: :func:`binarize` -> :func:`clean_mask` -> :func:`label_instances`
 Instance-variant outputs (multi-channel maps, :mod:`nanoseg.model.targets`) are
 decoded by :func:`decode_instances`: markers from the interior probability
 (``classes3``), the normalised distance (``fg_distance``) or the interior
-probability less the HoVer maps' convergence (``classes3_hv``, :func:`marker_map`), a marker-controlled
+probability less the HoVer maps' edges (``classes3_hv``, :func:`marker_map`), a marker-controlled
 watershed restricted to the foreground, then 1-px lines cut between touching
 instances (:func:`separate_touching`); :func:`segment` applies a model's stored settings. The grid
 searches that choose those settings on validation data are :mod:`nanoseg.evaluation.selection`'s.
@@ -217,22 +217,32 @@ def foreground_probability(prob):
     raise NanosegError(f"expected a probability map (H, W) or (H, W, C) with C in 1, 2, 3 or 5, got shape {prob.shape}.")
 
 
+def hv_energy(prob) -> np.ndarray:
+    """Where the HoVer maps of a ``classes3_hv`` output say a particle ends, in [0, 1] (HoVer-Net's step).
+
+    The horizontal map h rises from -1 to +1 across each particle from left to right, and the vertical
+    map v from top to bottom (channels 3, 4, encoded (v + 1) / 2), so inside a particle their slopes
+    dh/dx and dv/dy are positive; across a contact between two particles (and at an outline) they fall.
+    The energy is ``max(-dh/dx, -dv/dy, 0)`` (Sobel derivatives), divided by its maximum over the image
+    as HoVer-Net does (a network's maps are soft ramps where the targets jump; their scale varies).
+    """
+    prob = np.asarray(prob, dtype=np.float32)
+    h, v = 2.0 * prob[..., 3] - 1.0, 2.0 * prob[..., 4] - 1.0
+    energy = np.maximum(np.maximum(-ndi.sobel(h, axis=1), -ndi.sobel(v, axis=0)), 0.0)
+    top = float(energy.max())
+    return energy / top if top > 0 else energy
+
+
 def marker_map(prob):
     """The map the decoder seeds and floods: channel 1 (interior probability, or the normalised
-    distance of ``fg_distance``), for ``classes3_hv`` less the HoVer maps' convergence.
-
-    The horizontal and vertical maps (channels 3, 4, encoded (v + 1) / 2) point away from each
-    particle's centre, so their divergence is positive inside a particle and strongly negative where
-    the maps jump from +1 to -1 across the contact of two particles (and at outlines):
-    ``interior - max(0, -(dh/dx + dv/dy))`` (central differences, in the maps' -1..1 units)
-    cuts a seed where the class map alone would join two particles.
+    distance of ``fg_distance``); for ``classes3_hv`` the interior probability less :func:`hv_energy`,
+    which cuts a seed where the maps fall across a contact even where the class map alone would join
+    two particles.
     """
     prob = np.asarray(prob, dtype=np.float32)
     if prob.shape[-1] != 5:
         return prob[..., 1]
-    h, v = 2.0 * prob[..., 3] - 1.0, 2.0 * prob[..., 4] - 1.0
-    div = np.gradient(h, axis=1) + np.gradient(v, axis=0)
-    return prob[..., 1] - np.maximum(-div, 0.0)
+    return prob[..., 1] - hv_energy(prob)
 
 
 def separate_touching(labels):
@@ -265,7 +275,7 @@ def decode_instances(prob, threshold=0.5, decoder=None, marker_threshold=0.5, mi
     of ``marker >= marker_threshold`` inside the foreground with at least
     ``min_marker_px`` pixels, where ``marker`` is :func:`marker_map` (interior
     probability for ``classes3``, normalised distance for ``fg_distance``,
-    interior less the HoVer maps' convergence for ``classes3_hv``);
+    interior less :func:`hv_energy` for ``classes3_hv``);
     watershed of ``-marker`` from the markers, restricted to the foreground
     (foreground components without a marker stay whole);
     :func:`separate_touching`; 4-connected relabelling and
