@@ -154,6 +154,11 @@ def test_a_model_without_settings_of_its_own_gets_the_params_defaults():
         k: post[k] for k in ("opening_radius", "min_area_nm2")}
     carried = resolve_settings({"tile": 256, "threshold": 0.4, "postprocess": {"split": True}})
     assert carried["tile"] == 256 and carried["threshold"] == 0.4 and carried["postprocess"]["split"] is True
+    assert carried["tta"] is False
+    # a model tuned on TTA maps (predict.tta) runs with TTA unless the user says --no-tta
+    assert resolve_settings({"tta": True})["tta"] is True
+    assert resolve_settings({"tta": True}, {"tta": False})["tta"] is False
+    assert resolve_settings({"tta": True}, {"tta": None})["tta"] is True
 
 
 def test_the_pruner_settings_are_optunas():

@@ -54,3 +54,8 @@ def test_resume_key_changes_with_the_training_code(monkeypatch):
     assert crossval.config_key(params, manifest, split) != key
     assert crossval.inference_key(params, key) != crossval.inference_key({**params, "predict": {
         **params["predict"], "overlap": 0}}, key)
+    # predict.tta makes the validation maps again (folds not retrained); off, the keys of earlier CVs stay valid
+    tta = crossval.inference_key({**params, "predict": {**params["predict"], "tta": True}}, key)
+    assert tta != crossval.inference_key(params, key)
+    assert crossval.inference_key({**params, "predict": {**params["predict"], "tta": False}}, key) == \
+        crossval.inference_key(params, key)

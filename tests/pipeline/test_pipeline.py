@@ -124,3 +124,14 @@ def test_smoke_pipeline_end_to_end(project):
     for name in (f"{img.stem}_mask.png", f"{img.stem}_labels.tif", f"{img.stem}_overlay.png",
                  "particles.csv", "summary.json", "psd.png"):
         assert (project / "pred" / name).is_file(), (name, pred.stdout, pred.stderr)
+
+    # predict.tta: the folds' validation maps are made again with 8-view TTA (no retraining), the decoder is
+    # tuned on them, and the published model runs with TTA unless told --no-tta
+    tta = sh("dvc", "exp", "run", "-S", "profile=smoke", "-S", "predict.tta=true", cwd=project)
+    assert tta.stdout.count("not trained again") == 2 and tta.stdout.count("predicting its validation images again") == 2
+    assert json.loads((project / "models/final/nanoseg.json").read_text())["tta"] is True
+    for flag, expected in (([], True), (["--no-tta"], False)):
+        sh("nanoseg", "predict", str(img), "--model", "models/final", "--out", "pred_tta", "--overwrite", *flag,
+           cwd=project)
+        assert json.loads((project / "pred_tta/summary.json").read_text())["tta"] is expected
+        assert (project / "pred_tta" / f"{img.stem}_uncertainty.tif").is_file() is expected

@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output folder written by nanoseg predict (only such a folder)")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation + uncertainty map")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="8-view test-time augmentation + uncertainty map (default: the model's own setting, "
+                        "predict.tta when it was trained; --no-tta turns it off)")
     p.add_argument("--scale", default="auto", help="auto (default: resample to the model's training pixel size when "
                    "it differs by > 10 %%), off, or a zoom factor such as 0.5")
     p.add_argument("--polarity", default="auto", help="auto (default: detected per image), bright (particles "

@@ -157,7 +157,7 @@ def predict_command(args) -> int:
     readable = _probe_all(paths, args.max_pixels, failures)
     if not readable:
         raise _none_left(paths, failures)
-    predictor, settings = load_predictor(args.model, tta=True if getattr(args, "tta", False) else None)
+    predictor, settings = load_predictor(args.model, tta=getattr(args, "tta", None))
     if getattr(args, "spread", False) and not predictor.members:
         raise NanosegError(f"{args.model}: --spread needs an ensemble model (train.candidate: ensemble); this one is "
                            "a single network: use --tta for an uncertainty map.")

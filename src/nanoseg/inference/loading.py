@@ -25,7 +25,8 @@ def resolve_settings(metadata: dict, overrides: dict | None = None) -> dict:
     """Inference settings: built-in defaults < the model's metadata < overrides (the command line).
 
     Nothing comes from a ``params.yaml`` in the working folder: a model runs the same wherever it is
-    used (the settings it was validated with travel in its ``nanoseg.json``).
+    used (the settings it was validated with travel in its ``nanoseg.json``, ``tta`` included: a model
+    whose decoder was tuned on 8-view TTA maps runs with TTA unless told ``tta=False``).
 
     Returns a dict with ``tile, overlap, batch, tta, precision, threshold`` and
     ``postprocess`` (``opening_radius, min_area_nm2, split, min_distance_px``).
@@ -38,7 +39,7 @@ def resolve_settings(metadata: dict, overrides: dict | None = None) -> dict:
     if unknown:
         raise TypeError(f"unknown predictor settings {sorted(unknown)}; use some of {sorted(DEFAULTS)} or postprocess")
     settings = dict(DEFAULTS)
-    settings.update({k: metadata[k] for k in ("tile", "overlap", "threshold") if metadata.get(k) is not None})
+    settings.update({k: metadata[k] for k in ("tile", "overlap", "threshold", "tta") if metadata.get(k) is not None})
     post = {**DEFAULT_POST, "min_area_nm2": settings.pop("min_area_nm2"), **(metadata.get("postprocess") or {})}
     if "min_area_nm2" in overrides:
         post["min_area_nm2"] = overrides.pop("min_area_nm2")

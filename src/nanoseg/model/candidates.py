@@ -132,6 +132,7 @@ def make_ensemble(cv_dir, cv: dict, out, extra_meta: dict | None = None) -> tupl
     meta = {k: first[k] for k in ("variant", "profile", "tile", "overlap", "crop", "instance", "training_scale")
             if k in first}
     meta.update({"candidate": "ensemble", "threshold": cv["threshold"], "postprocess": cv["postprocess"],
+                 "tta": bool(cv.get("tta")),  # tuned on TTA maps: runs with TTA
                  "ensemble": {"members": len(dirs), "shared_encoder": shared,
                               "member_runs": [m.get("mlflow_run_id") for _, m in loaded],
                               "member_best_epochs": [m.get("best_epoch") for _, m in loaded]},
@@ -158,7 +159,7 @@ def make_best_fold(cv_dir, cv: dict, out, extra_meta: dict | None = None) -> tup
     out.mkdir(parents=True, exist_ok=True)
     copy_file(src / "model.keras", out / "model.keras")
     meta = json.loads((src / "nanoseg.json").read_text())
-    meta.update({"candidate": "best_fold", "fold": k, "threshold": own["threshold"],
+    meta.update({"candidate": "best_fold", "fold": k, "threshold": own["threshold"], "tta": bool(cv.get("tta")),
                  "postprocess": own["postprocess"], "tuned_on": f"the validation images of fold {k}"})
     meta.update(extra_meta or {})
     write_json(out / "nanoseg.json", meta, default=str)

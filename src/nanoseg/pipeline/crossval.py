@@ -65,7 +65,8 @@ def inference_key(params: dict, key: str) -> str:
     from nanoseg.codehash import ROOT, code_hash
 
     files = b"".join((ROOT / f).read_bytes() for f in INFERENCE_FILES)
-    blob = json.dumps([key, {k: params["predict"][k] for k in ("tile", "overlap")}, code_hash(INFERENCE_CODE),
+    blob = json.dumps([key, {k: params["predict"][k] for k in ("tile", "overlap")
+                             } | ({"tta": True} if params["predict"].get("tta") else {}), code_hash(INFERENCE_CODE),
                        hashlib.sha256(files).hexdigest()], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -81,11 +82,13 @@ def _save_probs(path: Path, stems, probs) -> None:
 
 
 def predict_images(model, images, params: dict) -> list[np.ndarray]:
-    """Probability maps for full images, through the same overlap-tile path as ``nanoseg predict``."""
+    """Probability maps for full images, through the same overlap-tile path as ``nanoseg predict``
+    (with its 8-view test-time augmentation when ``predict.tta``, so the decoder is tuned on such maps)."""
     from nanoseg.inference.predictor import Predictor
 
     p = params["predict"]
-    predictor = Predictor(model, tile=int(p["tile"]), overlap=int(p["overlap"]), batch=int(p["batch"]))
+    predictor = Predictor(model, tile=int(p["tile"]), overlap=int(p["overlap"]), batch=int(p["batch"]),
+                          tta=bool(p.get("tta")))
     return [predictor.probability(im) for im in images]
 
 
@@ -367,6 +370,7 @@ def run_cv(params: dict, manifest, split: dict, out_dir: Path) -> dict:
             "key": key,
             "profile": params["profile"],
             "postprocess": post,
+            "tta": bool(params["predict"].get("tta")),  # the validation maps (and so the tuning) had 8-view TTA
             "per_fold": {str(k): m for k, m in enumerate(per_fold)},
             "per_fold_own": own,
             "errors": errors,

@@ -219,7 +219,7 @@ def publish(params: dict) -> dict:
         tracking.log_metrics({f"test_{k}": v for k, v in test.items()})
         info = log_pyfunc(folder, input_example(), tags=tags, registered_name=name,
                           metadata={"nanoseg": {k: meta.get(k) for k in ("variant", "candidate", "threshold",
-                                                                        "tile", "overlap", "postprocess",
+                                                                        "tile", "overlap", "tta", "postprocess",
                                                                         "training_scale")}})
         version = str(info.registered_model_version)
         tracking.set_version_tags(version, tags, name)
