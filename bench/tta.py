@@ -41,13 +41,12 @@ KEYS = ("dice", "f1_50_clean", "f1_75_clean", "pq_clean", "median_ecd_rel_error_
 
 def views(predictor, image) -> dict:
     """The un-transformed prediction of every dihedral view of ``image`` (Predictor's TTA, kept apart)."""
-    from nanoseg.model.targets import VECTORS, dihedral
+    from nanoseg.model.targets import dihedral, output_vectors
 
     out = {}
     for k, flip in VIEWS:
         pred = predictor.probability(np.ascontiguousarray(dihedral(image, k, flip)))
-        vectors = VECTORS["classes3_hv"] if pred.ndim == 3 and pred.shape[-1] == 5 else None
-        out[(k, flip)] = dihedral(pred, k, flip, vectors, invert=True)
+        out[(k, flip)] = dihedral(pred, k, flip, output_vectors(pred), invert=True)
     return out
 
 

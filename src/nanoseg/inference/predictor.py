@@ -19,7 +19,7 @@ import numpy as np
 from nanoseg.config import PredictSettings
 from nanoseg.errors import NanosegError
 from nanoseg.inference.tiling import predict_tiled
-from nanoseg.model.targets import VECTORS, dihedral
+from nanoseg.model.targets import dihedral, output_vectors
 
 
 class Predictor:
@@ -165,8 +165,7 @@ class Predictor:
             for flip in (False, True):
                 view = dihedral(image, k, flip)
                 pred = self._single(np.ascontiguousarray(view))
-                vectors = VECTORS["classes3_hv"] if pred.ndim == 3 and pred.shape[-1] == 5 else None
-                pred = dihedral(pred, k, flip, vectors, invert=True)  # HoVer maps turned back as vectors
+                pred = dihedral(pred, k, flip, output_vectors(pred), invert=True)  # HoVer maps turned as vectors
                 n += 1
                 if mean is None:
                     mean, m2 = np.array(pred, np.float32), np.zeros(pred.shape, np.float32)

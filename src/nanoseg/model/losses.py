@@ -19,6 +19,7 @@ import keras
 from keras import ops
 
 from nanoseg.errors import NanosegError
+from nanoseg.model.targets import HEADS
 
 
 def _as_float32(y_true, y_pred):
@@ -108,8 +109,8 @@ def hv_loss(t_hv, p_hv, focus):
 
     ``t_hv``, ``p_hv``: (N, H, W, 2) encoded (v + 1) / 2; ``focus``: (N, H, W) 0/1.
     """
-    mse = ops.mean(ops.square(p_hv - t_hv))
     d = p_hv - t_hv
+    mse = ops.mean(ops.square(d))
     f = focus[..., None]
     gx, fx = d[:, :, 1:] - d[:, :, :-1], f[:, :, 1:] * f[:, :, :-1]
     gy, fy = d[:, 1:] - d[:, :-1], f[:, 1:] * f[:, :-1]
@@ -129,9 +130,6 @@ def classes3_hv_loss(y_true, y_pred, hv_weight=1.0):
     return classes + hv_weight * hv_loss(t[..., 3:], p[..., 3:], 1.0 - t[..., 0])
 
 
-INSTANCE_HEADS = ("classes3", "fg_distance", "classes3_hv")
-
-
 @keras.saving.register_keras_serializable(package="nanoseg")
 class InstanceLoss(keras.losses.Loss):
     """The instance variant's loss for ``head`` (:func:`classes3_loss`, :func:`fg_distance_loss` or
@@ -139,8 +137,8 @@ class InstanceLoss(keras.losses.Loss):
 
     def __init__(self, head="classes3", distance_weight=1.0, hv_weight=1.0, name="instance_loss", **kwargs):
         super().__init__(name=name, **kwargs)
-        if head not in INSTANCE_HEADS:
-            raise NanosegError(f"instance head {head!r} is unknown; use one of {INSTANCE_HEADS}.")
+        if head not in HEADS:
+            raise NanosegError(f"instance head {head!r} is unknown; use one of {HEADS}.")
         self.head, self.distance_weight, self.hv_weight = head, float(distance_weight), float(hv_weight)
 
     def call(self, y_true, y_pred):

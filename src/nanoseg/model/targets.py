@@ -68,6 +68,12 @@ BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 VECTORS = {"classes3_hv": (3, 4)}
 
 
+def output_vectors(pred):
+    """The vector channels of a model output, known by its channel count (5: ``classes3_hv``), or None."""
+    pred = np.asarray(pred)
+    return VECTORS["classes3_hv"] if pred.ndim == 3 and pred.shape[-1] == 5 else None
+
+
 def instance_settings(params: dict) -> dict:
     """The ``instance:`` settings, checked, with the defaults of :class:`nanoseg.config.InstanceSettings`
     filled in (``params`` may hold a partial section or none).

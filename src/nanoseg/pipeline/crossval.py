@@ -65,9 +65,10 @@ def inference_key(params: dict, key: str) -> str:
     from nanoseg.codehash import ROOT, code_hash
 
     files = b"".join((ROOT / f).read_bytes() for f in INFERENCE_FILES)
-    blob = json.dumps([key, {k: params["predict"][k] for k in ("tile", "overlap")
-                             } | ({"tta": True} if params["predict"].get("tta") else {}), code_hash(INFERENCE_CODE),
-                       hashlib.sha256(files).hexdigest()], sort_keys=True)
+    predict = {k: params["predict"][k] for k in ("tile", "overlap")}
+    if params["predict"].get("tta"):  # named only when on, so the keys of CVs made before the setting stay valid
+        predict["tta"] = True
+    blob = json.dumps([key, predict, code_hash(INFERENCE_CODE), hashlib.sha256(files).hexdigest()], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -70,7 +70,8 @@ def train_final(params: dict, manifest, split: dict, cv: dict, out, run_id: str)
     post = choose_postprocess(va_mask, probs, threshold, params, median_pixel_size(manifest))
     meta = {"variant": params["model"]["variant"], "profile": params["profile"], "candidate": "final",
             "threshold": threshold, "postprocess": post, "tile": params["predict"]["tile"],
-            "overlap": params["predict"]["overlap"], "tta": bool(params["predict"].get("tta")), "crop": t["crop"], "val": val, "n_train": len(train),
+            "overlap": params["predict"]["overlap"], "tta": bool(params["predict"].get("tta")), "crop": t["crop"],
+            "val": val, "n_train": len(train),
             "training_scale": training_scale(masks, pixel_sizes(manifest, train)),
             "tuned_on": f"{len(val)} held-back training images (validation images of fold {k})",
             "mlflow_run_id": run_id, **info}
