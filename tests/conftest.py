@@ -10,6 +10,7 @@ With ``NANOSEG_NO_SKIP=1`` (``make test``, ``.ci/run``) any other skip fails the
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,13 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 pytest_plugins = ["tests.s3server"]
+
+# pytest-xdist workers run as `python -c`: their __main__ has neither __spec__ nor __file__, which pyspark.sql.connect
+# (imported by great_expectations when pyspark is installed) takes for a doctest run and answers with sys.exit(0).
+# A worker's __main__ is given a file name, as `pytest` itself and the `nanoseg` command have.
+_main = sys.modules["__main__"]
+if getattr(_main, "__spec__", None) is None and not hasattr(_main, "__file__"):
+    _main.__file__ = "<pytest-xdist worker>"
 
 REPO = Path(__file__).resolve().parents[1]
 BAM = Path(os.environ.get("NANOSEG_BAM_DIR", REPO.parent / "shared/datasets/bam-tio2"))
@@ -112,6 +120,22 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 
     return processes.run([processes.tool("nanoseg"), *args], env=env, cwd=cwd, capture_output=True, text=True,
                      timeout=timeout)
+
+
+# ----------------------------------------------------------------------------- heavy files first
+
+#: The files that take minutes (a DVC pipeline, several trainings, a Spark batch): ``make test`` runs them first so
+#: that, with pytest-xdist's ``--dist loadfile``, the longest one does not start last and run alone.
+HEAVY_FIRST = ("tests/pipeline/test_pipeline.py", "tests/tracking/test_registry.py", "tests/pipeline/test_batch.py",
+               "tests/model/test_training.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::")[0]
+        return HEAVY_FIRST.index(path) if path in HEAVY_FIRST else len(HEAVY_FIRST)
+
+    items.sort(key=rank)  # stable: the rest keep their order
 
 
 # ----------------------------------------------------------------------------- the skip guard
