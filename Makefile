@@ -61,12 +61,13 @@ run: data
 # NANOSEG_NO_SKIP=1: a skipped test fails the run unless tests/conftest.py ALLOWED_SKIPS names its reason
 # (Chromium / PostgreSQL missing, checks of the real ../shared files); `make test NANOSEG_NO_SKIP=0` lifts it.
 NANOSEG_NO_SKIP ?= 1
-# pytest-xdist workers, a test file each (--dist loadfile keeps a file's module fixtures in one worker); the
-# heavy files start first (tests/conftest.py). Each worker holds TensorFlow (~4 GB at most): 2 suits 2 cores and
-# 24 GB. TEST_WORKERS=0 runs the suite in one process.
+# pytest-xdist workers, a test file each (--dist loadfile keeps a file's module fixtures in one worker). The heavy
+# files start first (tests/conftest.py); --no-loadscope-reorder keeps that order (xdist would otherwise start the
+# files with the most tests first, and the one-test pipeline file last). Each worker holds TensorFlow (~4 GB at
+# most): 2 suits 2 cores and 24 GB. TEST_WORKERS=0 runs the suite in one process.
 TEST_WORKERS ?= 2
 test: install java
-	@set +e; NANOSEG_NO_SKIP=$(NANOSEG_NO_SKIP) python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
+	@set +e; NANOSEG_NO_SKIP=$(NANOSEG_NO_SKIP) python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected NO tests - failing on purpose" >&2; exit 1; fi; \
 	exit $$rc
 
